@@ -1,0 +1,46 @@
+"""singledir: how much does a network rely on single directions, and what does that say
+about how it generalizes? (Morcos, Barrett, Rabinowitz & Botvinick, ICLR 2018.)
+
+The public API is re-exported here; see ``__all__``.
+"""
+
+from __future__ import annotations
+
+from singledir import errors
+from singledir.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    ExecutorError,
+    InputError,
+    SingledirError,
+    SiteError,
+)
+from singledir.models import MLP, ConvNet11, build_model, resnet
+
+# --- statistics (Rust core) ---
+# --- data, checkpoints, training ---
+# --- ablation engine ---
+# --- experiments and reports ---
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "__version__",
+    "errors",
+    "SingledirError",
+    "InputError",
+    "DataError",
+    "CheckpointError",
+    "ConfigError",
+    "SiteError",
+    "ExecutorError",
+    "MLP",
+    "ConvNet11",
+    "resnet",
+    "build_model",
+    # --- statistics (Rust core) ---
+    # --- data, checkpoints, training ---
+    # --- ablation engine ---
+    # --- experiments and reports ---
+]

@@ -1,0 +1,3 @@
+"""Type stubs of the compiled core, singledir._core (hand-written; see rust/bindings.rs)."""
+
+def core_version() -> str: ...

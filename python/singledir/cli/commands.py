@@ -1,0 +1,5 @@
+"""Imports every command module so that each registers its command(s) on `app`."""
+
+from singledir.cli import (  # noqa: F401
+    stats_cmd,
+)

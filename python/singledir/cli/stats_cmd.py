@@ -1,0 +1,1 @@
+"""`singledir stats` (filled in by the statistics work)."""

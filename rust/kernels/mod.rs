@@ -1,0 +1,1 @@
+//! Pure kernels over slices. No pyo3 in here.
