@@ -18,7 +18,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-import torch
 from torch import nn
 
 from singledir.errors import ConfigError
@@ -31,6 +30,8 @@ __all__ = [
     "resnet",
     "build_model",
     "model_sites",
+    "model_config",
+    "parse_widths",
     "MODEL_NAMES",
 ]
 
@@ -64,8 +65,8 @@ class MLP(nn.Sequential):
         dropout: float = 0.0,
         batchnorm: bool = False,
     ) -> None:
-        if not widths or any(int(w) <= 0 for w in widths):
-            raise ConfigError(f"MLP widths must be positive integers, got {list(widths)!r}")
+        widths = _check_widths(widths)
+        dropout = _check_dropout(dropout)
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         layers["flatten"] = nn.Flatten()
         prev = int(in_features)
@@ -102,6 +103,9 @@ class ConvNet11(nn.Sequential):
     ) -> None:
         if len(channels) != len(strides):
             raise ConfigError("ConvNet11 needs as many strides as channel counts")
+        dropout = _check_dropout(dropout)
+        if not float(width) > 0:
+            raise ConfigError(f"ConvNet11 width {width} must be positive: give e.g. 0.25 or 1")
         layers: OrderedDict[str, nn.Module] = OrderedDict()
         prev = int(in_channels)
         for i, (c, s) in enumerate(zip(channels, strides, strict=True), start=1):
@@ -147,48 +151,116 @@ def resnet(
     return net
 
 
+def parse_widths(text: str | Sequence[int]) -> tuple[int, ...]:
+    """Hidden widths from ``"512,512"`` (or a sequence of ints); ConfigError if unparsable."""
+    if isinstance(text, str):
+        parts = [t.strip() for t in text.replace(" ", ",").split(",") if t.strip()]
+        try:
+            values = tuple(int(t) for t in parts)
+        except ValueError:
+            raise ConfigError(
+                f"widths {text!r} do not parse: give positive integers separated by commas, "
+                "e.g. 512,512"
+            ) from None
+        return _check_widths(values)
+    return _check_widths(text)
+
+
+def _check_widths(widths: Any) -> tuple[int, ...]:
+    try:
+        values = tuple(int(w) for w in widths)
+        ok = bool(values) and all(v > 0 and v == w for v, w in zip(values, widths, strict=True))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"MLP widths must be positive integers, got {widths!r}: give e.g. 512,512"
+        )
+    return values
+
+
+def _check_dropout(p: Any) -> float:
+    try:
+        value = float(p)
+    except (TypeError, ValueError):
+        value = -1.0
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"dropout {p!r} must be in [0, 1): give e.g. 0.2")
+    return value
+
+
+def model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The full, plain (JSON-ready) config for ``config``, defaults filled in and checked.
+
+    This is what checkpoints store; ``build_model(model_config(c))`` equals ``build_model(c)``.
+    """
+    arch = str(config.get("arch", "")).lower()
+    if arch not in MODEL_NAMES:
+        raise ConfigError(f"unknown model {arch!r}: choose one of {', '.join(MODEL_NAMES)}")
+    try:
+        in_shape = [int(v) for v in config.get("in_shape", (1, 28, 28))]
+        num_classes = int(config.get("num_classes", 10))
+    except (TypeError, ValueError):
+        in_shape, num_classes = [], 0
+    if len(in_shape) != 3 or min(in_shape) <= 0 or num_classes <= 0:
+        raise ConfigError(
+            f"model input shape {config.get('in_shape')!r} / classes "
+            f"{config.get('num_classes')!r} are invalid: give in_shape (C, H, W) and "
+            "num_classes as positive integers"
+        )
+    out: dict[str, Any] = {"arch": arch, "in_shape": in_shape, "num_classes": num_classes}
+    if arch == "mlp":
+        out["widths"] = list(_check_widths(config.get("widths", (512, 512))))
+        out["dropout"] = _check_dropout(config.get("dropout", 0.0))
+        out["batchnorm"] = bool(config.get("batchnorm", False))
+    elif arch == "convnet11":
+        out["dropout"] = _check_dropout(config.get("dropout", 0.0))
+        out["batchnorm"] = bool(config.get("batchnorm", False))
+        out["width"] = float(config.get("width", 1.0))
+    else:
+        out["small_input"] = bool(config.get("small_input", False))
+    return out
+
+
 def build_model(config: dict[str, Any]) -> nn.Module:
     """Build a model from a plain config dict (the one checkpoints store).
 
     Keys: ``arch`` (one of :data:`MODEL_NAMES`), ``in_shape`` (C, H, W), ``num_classes`` and
     per-architecture options: ``widths``, ``dropout``, ``batchnorm`` (mlp); ``batchnorm``,
-    ``dropout``, ``width`` (convnet11); ``small_input`` (resnet18/resnet50).
+    ``dropout``, ``width`` (convnet11); ``small_input`` (resnet18/resnet50). Unknown keys are
+    ignored. The model's ``config`` attribute holds :func:`model_config` of ``config``.
     """
-    arch = str(config.get("arch", "")).lower()
-    in_shape = tuple(int(v) for v in config.get("in_shape", (1, 28, 28)))
-    num_classes = int(config.get("num_classes", 10))
+    cfg = model_config(config)
+    arch, in_shape, num_classes = cfg["arch"], cfg["in_shape"], cfg["num_classes"]
+    model: nn.Module
     if arch == "mlp":
-        n_in = 1
-        for v in in_shape:
-            n_in *= v
-        return MLP(
-            n_in,
-            widths=tuple(config.get("widths", (512, 512))),
+        model = MLP(
+            in_shape[0] * in_shape[1] * in_shape[2],
+            widths=cfg["widths"],
             num_classes=num_classes,
-            dropout=float(config.get("dropout", 0.0)),
-            batchnorm=bool(config.get("batchnorm", False)),
+            dropout=cfg["dropout"],
+            batchnorm=cfg["batchnorm"],
         )
-    if arch == "convnet11":
-        return ConvNet11(
+    elif arch == "convnet11":
+        model = ConvNet11(
             in_channels=in_shape[0],
             num_classes=num_classes,
-            batchnorm=bool(config.get("batchnorm", False)),
-            dropout=float(config.get("dropout", 0.0)),
-            width=float(config.get("width", 1.0)),
+            batchnorm=cfg["batchnorm"],
+            dropout=cfg["dropout"],
+            width=cfg["width"],
         )
-    if arch in ("resnet18", "resnet50"):
-        return resnet(
+    else:
+        model = resnet(
             depth=int(arch[6:]),
             num_classes=num_classes,
             in_channels=in_shape[0],
-            small_input=bool(config.get("small_input", False)),
+            small_input=cfg["small_input"],
         )
-    raise ConfigError(f"unknown model {arch!r}: choose one of {', '.join(MODEL_NAMES)}")
+    model.config = cfg  # type: ignore[assignment]
+    return model
 
 
 def model_sites(model: nn.Module) -> list[str]:
     """The site names a singledir model declares, in forward order ([] for other models)."""
     names = getattr(model, "site_names", None)
     return list(names) if names else []
-
-
