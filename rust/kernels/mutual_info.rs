@@ -1,0 +1,353 @@
+//! Mutual information, in bits, between one unit's binned activity and the class label.
+//!
+//! Binning (per unit, computed in f64 from the f32 activity):
+//! - equal width: `bin = min(floor((x - min) / (max - min) * bins), bins - 1)`; a constant unit
+//!   puts every sample in bin 0.
+//! - equal frequency: with `s` the sorted activity of the unit's `n` samples, the edges are
+//!   `s[k * n / bins]` for `k = 1..bins` (integer division) and `bin = #{edges <= x}`. Equal
+//!   values always share a bin (ties never split by sample order), so a unit with many exact
+//!   zeros (ReLU) may fill fewer than `bins` bins.
+//!
+//! The plug-in estimate is `sum_bc p(b,c) log2(p(b,c) / (p(b) p(c)))`, clipped at 0 against
+//! rounding (as scikit-learn does). The Miller-Madow correction subtracts
+//! `(m_bc - m_b - m_c + 1) / (2 N ln 2)`, where the `m` count the non-empty cells, bins and
+//! classes; it may go slightly below 0.
+
+use crate::error::{KernelError, KernelResult};
+
+use super::rng::SplitMix64;
+
+/// Largest `bins * n_classes` contingency table accepted (per unit and worker thread).
+pub const MAX_TABLE_CELLS: usize = 1 << 24;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binning {
+    EqualWidth,
+    EqualFrequency,
+}
+
+impl Binning {
+    /// Parse `equal_width` / `equal_frequency` (hyphens accepted too).
+    pub fn parse(name: &str) -> KernelResult<Binning> {
+        match name.replace('-', "_").as_str() {
+            "equal_width" => Ok(Binning::EqualWidth),
+            "equal_frequency" => Ok(Binning::EqualFrequency),
+            other => Err(KernelError::Value(format!(
+                "unknown binning {other:?}: use 'equal_width' or 'equal_frequency'"
+            ))),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MiOptions {
+    pub bins: usize,
+    pub binning: Binning,
+    pub miller_madow: bool,
+    /// Number of shuffled-label repetitions for the baseline (0: none).
+    pub shuffles: usize,
+    pub seed: u64,
+}
+
+impl MiOptions {
+    pub fn validate(&self, n_classes: usize) -> KernelResult<()> {
+        if self.bins < 2 {
+            return Err(KernelError::Value(format!(
+                "bins must be at least 2 (got {}): choose e.g. 10",
+                self.bins
+            )));
+        }
+        if self.bins.saturating_mul(n_classes.max(1)) > MAX_TABLE_CELLS {
+            return Err(KernelError::Value(format!(
+                "bins x classes = {} x {} is too large a table: use fewer bins",
+                self.bins, n_classes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Mutual information of one unit, in bits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MiUnit {
+    /// Plug-in (or Miller-Madow corrected) estimate.
+    pub mi: f64,
+    /// Mean estimate over the shuffled-label repetitions (NaN when there are none).
+    pub shuffled: f64,
+    /// Entropy of the unit's class labels, H(class), for normalization.
+    pub class_entropy: f64,
+}
+
+/// Bin codes of one unit's activity (see the module docs for the exact rule).
+pub fn bin_codes(
+    values: &[f32],
+    min: f32,
+    max: f32,
+    bins: usize,
+    binning: Binning,
+    sort_buf: &mut Vec<f32>,
+    out: &mut Vec<u32>,
+) {
+    out.clear();
+    out.reserve(values.len());
+    match binning {
+        Binning::EqualWidth => {
+            if max <= min {
+                out.resize(values.len(), 0);
+                return;
+            }
+            let lo = min as f64;
+            let width = max as f64 - lo;
+            let nb = bins as f64;
+            let last = (bins - 1) as u32;
+            for &x in values {
+                let b = ((x as f64 - lo) / width * nb).floor();
+                out.push(if b >= nb { last } else { b.max(0.0) as u32 });
+            }
+        }
+        Binning::EqualFrequency => {
+            sort_buf.clear();
+            sort_buf.extend_from_slice(values);
+            sort_buf.sort_unstable_by(f32::total_cmp);
+            let n = values.len();
+            let edges: Vec<f32> = (1..bins).map(|k| sort_buf[k * n / bins]).collect();
+            for &x in values {
+                out.push(edges.partition_point(|&e| e <= x) as u32);
+            }
+        }
+    }
+}
+
+/// Entropy in bits of a count vector.
+pub fn entropy_bits(counts: &[u64]) -> f64 {
+    let n: u64 = counts.iter().sum();
+    if n == 0 {
+        return 0.0;
+    }
+    let nf = n as f64;
+    let h: f64 = counts
+        .iter()
+        .filter(|&&c| c > 0)
+        .map(|&c| {
+            let p = c as f64 / nf;
+            -p * p.log2()
+        })
+        .sum();
+    h.max(0.0)
+}
+
+/// MI in bits from bin codes and labels (both already in range), using `table` as scratch.
+pub fn mi_from_codes(
+    codes: &[u32],
+    labels: &[u32],
+    n_bins: usize,
+    n_classes: usize,
+    miller_madow: bool,
+    table: &mut Vec<u64>,
+) -> f64 {
+    let n = codes.len();
+    if n == 0 {
+        return 0.0;
+    }
+    table.clear();
+    table.resize(n_bins * n_classes, 0);
+    for (&b, &c) in codes.iter().zip(labels) {
+        table[b as usize * n_classes + c as usize] += 1;
+    }
+    let mut bin_tot = vec![0u64; n_bins];
+    let mut class_tot = vec![0u64; n_classes];
+    for b in 0..n_bins {
+        for c in 0..n_classes {
+            let v = table[b * n_classes + c];
+            bin_tot[b] += v;
+            class_tot[c] += v;
+        }
+    }
+    let nf = n as f64;
+    let mut mi = 0.0f64;
+    let mut cells = 0usize;
+    for b in 0..n_bins {
+        if bin_tot[b] == 0 {
+            continue;
+        }
+        for c in 0..n_classes {
+            let v = table[b * n_classes + c];
+            if v == 0 {
+                continue;
+            }
+            cells += 1;
+            let ratio = (v as f64 * nf) / (bin_tot[b] as f64 * class_tot[c] as f64);
+            mi += (v as f64 / nf) * ratio.log2();
+        }
+    }
+    let mut mi = mi.max(0.0);
+    if miller_madow {
+        let used_bins = bin_tot.iter().filter(|&&v| v > 0).count();
+        let used_classes = class_tot.iter().filter(|&&v| v > 0).count();
+        let excess = cells as f64 - used_bins as f64 - used_classes as f64 + 1.0;
+        mi -= excess / (2.0 * nf * std::f64::consts::LN_2);
+    }
+    mi
+}
+
+/// Reusable per-worker buffers.
+#[derive(Default)]
+pub struct MiScratch {
+    sort_buf: Vec<f32>,
+    codes: Vec<u32>,
+    table: Vec<u64>,
+    shuffled: Vec<u32>,
+}
+
+/// MI of one unit (`unit` only seeds its shuffles). `labels` must be `< n_classes`, `values`
+/// finite, and `min`/`max` the unit's extremes.
+#[allow(clippy::too_many_arguments)]
+pub fn unit_mutual_info(
+    unit: u64,
+    values: &[f32],
+    labels: &[u32],
+    min: f32,
+    max: f32,
+    class_counts: &[u64],
+    opts: &MiOptions,
+    scratch: &mut MiScratch,
+) -> MiUnit {
+    let n_classes = class_counts.len();
+    let class_entropy = entropy_bits(class_counts);
+    bin_codes(
+        values,
+        min,
+        max,
+        opts.bins,
+        opts.binning,
+        &mut scratch.sort_buf,
+        &mut scratch.codes,
+    );
+    let mi = mi_from_codes(
+        &scratch.codes,
+        labels,
+        opts.bins,
+        n_classes,
+        opts.miller_madow,
+        &mut scratch.table,
+    );
+    let shuffled = if opts.shuffles == 0 {
+        f64::NAN
+    } else {
+        let mut total = 0.0;
+        for s in 0..opts.shuffles {
+            scratch.shuffled.clear();
+            scratch.shuffled.extend_from_slice(labels);
+            SplitMix64::for_stream(opts.seed, unit, s as u64).shuffle(&mut scratch.shuffled);
+            total += mi_from_codes(
+                &scratch.codes,
+                &scratch.shuffled,
+                opts.bins,
+                n_classes,
+                opts.miller_madow,
+                &mut scratch.table,
+            );
+        }
+        total / opts.shuffles as f64
+    };
+    MiUnit {
+        mi,
+        shuffled,
+        class_entropy,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codes(values: &[f32], bins: usize, binning: Binning) -> Vec<u32> {
+        let min = values.iter().cloned().fold(f32::INFINITY, f32::min);
+        let max = values.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let mut out = Vec::new();
+        bin_codes(values, min, max, bins, binning, &mut Vec::new(), &mut out);
+        out
+    }
+
+    #[test]
+    fn equal_width_bins() {
+        let v = [0.0, 0.1, 0.5, 0.99, 1.0];
+        assert_eq!(codes(&v, 2, Binning::EqualWidth), vec![0, 0, 1, 1, 1]);
+        assert_eq!(codes(&v, 10, Binning::EqualWidth), vec![0, 1, 5, 9, 9]);
+        assert_eq!(codes(&[3.0; 4], 5, Binning::EqualWidth), vec![0; 4]);
+    }
+
+    #[test]
+    fn equal_frequency_bins_keep_ties_together() {
+        let v = [4.0, 1.0, 3.0, 2.0];
+        assert_eq!(codes(&v, 2, Binning::EqualFrequency), vec![1, 0, 1, 0]);
+        let zeros = [0.0, 0.0, 0.0, 0.0, 1.0, 2.0];
+        let c = codes(&zeros, 3, Binning::EqualFrequency);
+        assert_eq!(&c[..4], &[c[0]; 4]);
+        assert!(c[4] > c[0] && c[5] >= c[4]);
+    }
+
+    #[test]
+    fn mi_of_a_perfect_code_is_class_entropy() {
+        let labels = [0u32, 1, 2, 3, 0, 1, 2, 3];
+        let mut t = Vec::new();
+        let mi = mi_from_codes(&labels, &labels, 4, 4, false, &mut t);
+        assert!((mi - 2.0).abs() < 1e-12);
+        let constant = [0u32; 8];
+        assert_eq!(mi_from_codes(&constant, &labels, 4, 4, false, &mut t), 0.0);
+    }
+
+    #[test]
+    fn mi_matches_hand_computation() {
+        // table [[2, 1], [0, 1]] over bins x classes; N = 4.
+        let codes = [0u32, 0, 0, 1];
+        let labels = [0u32, 0, 1, 1];
+        let mut t = Vec::new();
+        let mi = mi_from_codes(&codes, &labels, 2, 2, false, &mut t);
+        let expect = 0.5 * (2.0f64 * 4.0 / (3.0 * 2.0)).log2()
+            + 0.25 * (4.0f64 / (3.0 * 2.0)).log2()
+            + 0.25 * (4.0f64 / (1.0 * 2.0)).log2();
+        assert!((mi - expect).abs() < 1e-12);
+        let mm = mi_from_codes(&codes, &labels, 2, 2, true, &mut t);
+        let excess = 3.0 - 2.0 - 2.0 + 1.0;
+        assert!((mm - (expect - excess / (8.0 * std::f64::consts::LN_2))).abs() < 1e-12);
+    }
+
+    #[test]
+    fn shuffled_baseline_is_reproducible_and_small() {
+        let n = 2000;
+        let labels: Vec<u32> = (0..n).map(|i| (i % 4) as u32).collect();
+        let values: Vec<f32> = labels.iter().map(|&l| l as f32).collect();
+        let opts = MiOptions {
+            bins: 4,
+            binning: Binning::EqualWidth,
+            miller_madow: false,
+            shuffles: 5,
+            seed: 3,
+        };
+        let counts = [500u64; 4];
+        let mut s = MiScratch::default();
+        let a = unit_mutual_info(0, &values, &labels, 0.0, 3.0, &counts, &opts, &mut s);
+        let b = unit_mutual_info(0, &values, &labels, 0.0, 3.0, &counts, &opts, &mut s);
+        assert_eq!(a, b);
+        assert!((a.mi - 2.0).abs() < 1e-12);
+        assert!((a.class_entropy - 2.0).abs() < 1e-12);
+        assert!(a.shuffled > 0.0 && a.shuffled < 0.05);
+    }
+
+    #[test]
+    fn options_are_checked() {
+        let mut o = MiOptions {
+            bins: 1,
+            binning: Binning::EqualWidth,
+            miller_madow: false,
+            shuffles: 0,
+            seed: 0,
+        };
+        assert!(o.validate(10).is_err());
+        o.bins = 10;
+        assert!(o.validate(10).is_ok());
+        assert!(Binning::parse("equal-frequency").is_ok());
+        assert!(Binning::parse("quantile").is_err());
+    }
+}
