@@ -1,14 +1,245 @@
 //! The thin pyo3 layer: argument conversion, GIL release, error mapping. No logic.
+//!
+//! Every kernel call runs inside `py.detach` (the GIL is released while rayon works), and every
+//! `KernelError` becomes a `singledir.errors.InputError` in one place: `impl From` below.
 
+use numpy::{AsSliceError, PyReadonlyArray, PyReadonlyArray1};
 use pyo3::prelude::*;
+
+use crate::error::KernelError;
+
+pyo3::import_exception!(singledir.errors, InputError);
+
+impl From<KernelError> for PyErr {
+    fn from(err: KernelError) -> PyErr {
+        match err {
+            KernelError::Shape(msg) | KernelError::Value(msg) => InputError::new_err(msg),
+        }
+    }
+}
+
+/// A contiguous view of an array (the Python side makes arrays C-contiguous first).
+fn slice<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
+    a: &'a PyReadonlyArray<'_, T, D>,
+    name: &str,
+) -> PyResult<&'a [T]> {
+    a.as_slice().map_err(|_: AsSliceError| {
+        InputError::new_err(format!(
+            "{name} must be a C-contiguous array: pass numpy.ascontiguousarray({name})"
+        ))
+    })
+}
+
+fn labels_slice<'a>(a: &'a PyReadonlyArray1<'_, i64>) -> PyResult<&'a [i64]> {
+    slice(a, "labels")
+}
 
 #[pymodule]
 mod _core {
+    use numpy::{
+        IntoPyArray, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
+    };
     use pyo3::prelude::*;
+    use pyo3::types::PyDict;
+
+    use super::{labels_slice, slice};
+    use crate::kernels::mutual_info::{Binning, MiOptions};
+    use crate::kernels::ordering;
+    use crate::kernels::units::{self, NegativePolicy, SummaryOptions, UnitSummary};
 
     /// Version of the compiled core, to check that the extension matches the Python package.
     #[pyfunction]
     fn core_version() -> &'static str {
         env!("CARGO_PKG_VERSION")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn options(
+        n_classes: usize,
+        negative: Option<&str>,
+        mutual_info: bool,
+        bins: usize,
+        binning: &str,
+        miller_madow: bool,
+        shuffles: usize,
+        seed: u64,
+    ) -> PyResult<SummaryOptions> {
+        Ok(SummaryOptions {
+            n_classes,
+            selectivity: negative.map(NegativePolicy::parse).transpose()?,
+            mutual_info: if mutual_info {
+                Some(MiOptions {
+                    bins,
+                    binning: Binning::parse(binning)?,
+                    miller_madow,
+                    shuffles,
+                    seed,
+                })
+            } else {
+                None
+            },
+        })
+    }
+
+    fn to_dict<'py>(py: Python<'py>, s: UnitSummary) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        let (n_units, k) = (s.n_units, s.n_classes);
+        d.set_item("n_samples", s.n_samples.into_pyarray(py))?;
+        d.set_item(
+            "class_counts",
+            s.class_counts.into_pyarray(py).reshape([n_units, k])?,
+        )?;
+        d.set_item(
+            "class_means",
+            s.class_means.into_pyarray(py).reshape([n_units, k])?,
+        )?;
+        d.set_item("mean", s.mean.into_pyarray(py))?;
+        d.set_item("std", s.std.into_pyarray(py))?;
+        d.set_item("min", s.min.into_pyarray(py))?;
+        d.set_item("max", s.max.into_pyarray(py))?;
+        d.set_item("fraction_active", s.fraction_active.into_pyarray(py))?;
+        d.set_item("selectivity", s.selectivity.into_pyarray(py))?;
+        d.set_item("preferred_class", s.preferred_class.into_pyarray(py))?;
+        d.set_item("mutual_info", s.mi.into_pyarray(py))?;
+        d.set_item("mutual_info_shuffled", s.mi_shuffled.into_pyarray(py))?;
+        d.set_item("class_entropy", s.class_entropy.into_pyarray(py))?;
+        Ok(d)
+    }
+
+    /// Per-unit statistics of a dense (n_samples, n_units) float32 array.
+    #[pyfunction]
+    #[pyo3(signature = (acts, labels, n_classes, *, negative=Some("error"), mutual_info=true,
+        bins=10, binning="equal_width", miller_madow=false, shuffles=0, seed=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn dense_unit_summary<'py>(
+        py: Python<'py>,
+        acts: PyReadonlyArray2<'py, f32>,
+        labels: PyReadonlyArray1<'py, i64>,
+        n_classes: usize,
+        negative: Option<&str>,
+        mutual_info: bool,
+        bins: usize,
+        binning: &str,
+        miller_madow: bool,
+        shuffles: usize,
+        seed: u64,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let opts = options(
+            n_classes,
+            negative,
+            mutual_info,
+            bins,
+            binning,
+            miller_madow,
+            shuffles,
+            seed,
+        )?;
+        let shape = acts.shape();
+        let (n_samples, n_units) = (shape[0], shape[1]);
+        let a = slice(&acts, "acts")?;
+        let l = labels_slice(&labels)?;
+        let s = py.detach(|| units::summarize_dense(a, n_samples, n_units, l, &opts))?;
+        to_dict(py, s)
+    }
+
+    /// Per-unit statistics of long-format records (unit, label, value) for units 0..n_units.
+    #[pyfunction]
+    #[pyo3(signature = (units, labels, values, n_units, n_classes, *, negative=Some("error"),
+        mutual_info=true, bins=10, binning="equal_width", miller_madow=false, shuffles=0, seed=0))]
+    #[allow(clippy::too_many_arguments)]
+    fn long_unit_summary<'py>(
+        py: Python<'py>,
+        units: PyReadonlyArray1<'py, i64>,
+        labels: PyReadonlyArray1<'py, i64>,
+        values: PyReadonlyArray1<'py, f32>,
+        n_units: usize,
+        n_classes: usize,
+        negative: Option<&str>,
+        mutual_info: bool,
+        bins: usize,
+        binning: &str,
+        miller_madow: bool,
+        shuffles: usize,
+        seed: u64,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let opts = options(
+            n_classes,
+            negative,
+            mutual_info,
+            bins,
+            binning,
+            miller_madow,
+            shuffles,
+            seed,
+        )?;
+        let u = slice(&units, "units")?;
+        let l = labels_slice(&labels)?;
+        let v = slice(&values, "values")?;
+        let s = py.detach(|| units::summarize_long(u, l, v, n_units, &opts))?;
+        to_dict(py, s)
+    }
+
+    /// Indices that sort scores (stable; ties keep index order).
+    #[pyfunction]
+    #[pyo3(signature = (scores, descending=false))]
+    fn stable_order<'py>(
+        py: Python<'py>,
+        scores: PyReadonlyArray1<'py, f64>,
+        descending: bool,
+    ) -> PyResult<Bound<'py, numpy::PyArray1<i64>>> {
+        let s = slice(&scores, "scores")?;
+        let order = py.detach(|| ordering::stable_order(s, descending))?;
+        Ok(order.into_pyarray(py))
+    }
+
+    /// Pearson and Spearman correlation of x and y within each group 0..n_groups.
+    #[pyfunction]
+    fn group_correlations<'py>(
+        py: Python<'py>,
+        x: PyReadonlyArray1<'py, f64>,
+        y: PyReadonlyArray1<'py, f64>,
+        groups: PyReadonlyArray1<'py, i64>,
+        n_groups: usize,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let (xs, ys, gs) = (slice(&x, "x")?, slice(&y, "y")?, slice(&groups, "groups")?);
+        let r = py.detach(|| ordering::group_correlations(xs, ys, gs, n_groups))?;
+        let d = PyDict::new(py);
+        d.set_item("n", r.n.into_pyarray(py))?;
+        d.set_item("pearson", r.pearson.into_pyarray(py))?;
+        d.set_item("spearman", r.spearman.into_pyarray(py))?;
+        Ok(d)
+    }
+
+    /// Trapezoid area under each row of y; x is shared (n_points) or per row (flattened).
+    #[pyfunction]
+    fn trapezoid_rows<'py>(
+        py: Python<'py>,
+        y: PyReadonlyArray2<'py, f64>,
+        x: PyReadonlyArray1<'py, f64>,
+    ) -> PyResult<Bound<'py, numpy::PyArray1<f64>>> {
+        let shape = y.shape();
+        let (n_curves, n_points) = (shape[0], shape[1]);
+        let (ys, xs) = (slice(&y, "y")?, slice(&x, "x")?);
+        let r = py.detach(|| ordering::trapezoid_rows(ys, n_curves, n_points, xs))?;
+        Ok(r.into_pyarray(py))
+    }
+
+    /// Mean and std of each column of a (n_rows, n_cols) array.
+    #[pyfunction]
+    #[pyo3(signature = (values, ddof=0))]
+    #[allow(clippy::type_complexity)]
+    fn level_mean_std<'py>(
+        py: Python<'py>,
+        values: PyReadonlyArray2<'py, f64>,
+        ddof: usize,
+    ) -> PyResult<(
+        Bound<'py, numpy::PyArray1<f64>>,
+        Bound<'py, numpy::PyArray1<f64>>,
+    )> {
+        let shape = values.shape();
+        let (n_rows, n_cols) = (shape[0], shape[1]);
+        let v = slice(&values, "values")?;
+        let (m, s) = py.detach(|| ordering::level_mean_std(v, n_rows, n_cols, ddof))?;
+        Ok((m.into_pyarray(py), s.into_pyarray(py)))
     }
 }

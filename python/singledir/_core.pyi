@@ -1,3 +1,51 @@
-"""Type stubs of the compiled core, singledir._core (hand-written; see rust/bindings.rs)."""
+"""Type stubs of the compiled core, singledir._core (hand-written; see rust/bindings.rs).
+
+The public, validated API is :mod:`singledir.stats`; these functions expect C-contiguous
+arrays of exactly the dtypes below and raise :class:`singledir.errors.InputError` on bad values.
+"""
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
 
 def core_version() -> str: ...
+def dense_unit_summary(
+    acts: NDArray[np.float32],
+    labels: NDArray[np.int64],
+    n_classes: int,
+    *,
+    negative: str | None = "error",
+    mutual_info: bool = True,
+    bins: int = 10,
+    binning: str = "equal_width",
+    miller_madow: bool = False,
+    shuffles: int = 0,
+    seed: int = 0,
+) -> dict[str, NDArray[Any]]: ...
+def long_unit_summary(
+    units: NDArray[np.int64],
+    labels: NDArray[np.int64],
+    values: NDArray[np.float32],
+    n_units: int,
+    n_classes: int,
+    *,
+    negative: str | None = "error",
+    mutual_info: bool = True,
+    bins: int = 10,
+    binning: str = "equal_width",
+    miller_madow: bool = False,
+    shuffles: int = 0,
+    seed: int = 0,
+) -> dict[str, NDArray[Any]]: ...
+def stable_order(scores: NDArray[np.float64], descending: bool = False) -> NDArray[np.int64]: ...
+def group_correlations(
+    x: NDArray[np.float64],
+    y: NDArray[np.float64],
+    groups: NDArray[np.int64],
+    n_groups: int,
+) -> dict[str, NDArray[Any]]: ...
+def trapezoid_rows(y: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.float64]: ...
+def level_mean_std(
+    values: NDArray[np.float64], ddof: int = 0
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...

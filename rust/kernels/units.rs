@@ -144,7 +144,7 @@ fn selectivity_of(
         match policy {
             NegativePolicy::Error => {
                 return Err(KernelError::Value(format!(
-                    "unit {unit} has negative activity (min {min}): class selectivity needs \
+                    "unit {unit} has negative activity (min {min:.4}): class selectivity needs \
                      non-negative activity (e.g. after a ReLU); choose the negative policy \
                      'shift' or 'clip'"
                 )))
