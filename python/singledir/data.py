@@ -482,7 +482,7 @@ def _missing(key: str, files: Sequence[str], dirs: Sequence[Path]) -> DataError:
     return DataError(
         f"{key} files {', '.join(files)} (optionally .gz) not found; looked in: {where}. "
         f"Pass --data-dir (data_dir=) or set {ENV_VAR} to the folder holding them"
-        + ("" if key == "imagenet" else ", or download=True where a network exists")
+        + ("" if key == "imagenet" else ", or --download (download=True) where a network exists")
     )
 
 

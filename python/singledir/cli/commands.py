@@ -2,4 +2,5 @@
 
 from singledir.cli import (  # noqa: F401
     stats_cmd,
+    train_cmd,
 )

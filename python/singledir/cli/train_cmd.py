@@ -1,0 +1,135 @@
+"""`singledir train`: train one of the paper's networks, with corrupted labels if asked."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from singledir.cli.app import app
+from singledir.errors import ConfigError
+
+
+def _int_list(text: str, what: str) -> list[int]:
+    try:
+        return [int(t) for t in text.replace(" ", ",").split(",") if t.strip()]
+    except ValueError:
+        raise ConfigError(
+            f"{what} {text!r} do not parse: give integers separated by commas, e.g. 0,5,10"
+        ) from None
+
+
+@app.command("train")
+def train_command(
+    dataset: str = typer.Option(
+        "digits", "--dataset", "-d", help="digits, mnist, fashion-mnist, cifar10 or imagenet."
+    ),
+    model: str = typer.Option("mlp", "--model", "-m", help="mlp, convnet11, resnet18 or resnet50."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder (created)."),
+    widths: str = typer.Option("512,512", help="MLP hidden widths, comma-separated."),
+    width: float = typer.Option(1.0, help="ConvNet11 channel multiplier (1 = the paper's)."),
+    dropout: float = typer.Option(0.0, help="Dropout after every ReLU, in [0, 1)."),
+    batchnorm: bool = typer.Option(False, "--batchnorm/--no-batchnorm", help="Batch norm."),
+    small_input: bool = typer.Option(False, help="ResNet stem for 32x32 images."),
+    corrupt: float = typer.Option(
+        0.0, help="Fraction of training labels replaced by random classes, in [0, 1]."
+    ),
+    corrupt_seed: int = typer.Option(0, help="Seed of the label corruption."),
+    epochs: int = typer.Option(10, help="Training epochs."),
+    batch_size: int = typer.Option(128, help="Training batch size."),
+    optimizer: str = typer.Option("sgd", help="sgd (with momentum) or adam."),
+    lr: float = typer.Option(0.01, help="Learning rate."),
+    momentum: float = typer.Option(0.9, help="SGD momentum."),
+    weight_decay: float = typer.Option(0.0, help="L2 weight decay."),
+    schedule: str = typer.Option("constant", help="constant, cosine or step (x0.1 at 50%, 75%)."),
+    snapshot_every: int = typer.Option(
+        0, help="Save a checkpoint every N epochs, and before training (0 = none)."
+    ),
+    snapshot_epochs: str = typer.Option("", help="Also save at these epochs, e.g. 0,1,2,5."),
+    train_size: int | None = typer.Option(None, help="Seeded random subset of the training set."),
+    test_size: int | None = typer.Option(None, help="Seeded random subset of the test set."),
+    data_seed: int = typer.Option(0, help="Seed of the subsets."),
+    data_dir: Path | None = typer.Option(
+        None, help="Folder with the data files (else $SINGLEDIR_DATA)."
+    ),
+    download: bool = typer.Option(False, help="Download missing data through torchvision."),
+    seed: int = typer.Option(0, help="Seed of initialization, batch order and dropout."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    train_metrics: str = typer.Option(
+        "eval", help="eval (exact pass over the training set) or running (mean over batches)."
+    ),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Resume an interrupted run."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or table."),
+) -> None:
+    """Train a network and save per-epoch metrics, snapshots and a final ckpt.pt.
+
+    Example: singledir train --dataset mnist --model mlp --widths 512,512 --corrupt 0.5 --dropout 0.2 --batchnorm --epochs 40 --snapshot-every 5 --seed 0 --out runs/mlp-p05
+    """  # noqa: E501
+    from singledir.progress import console
+    from singledir.train import TrainConfig, train
+
+    cfg = TrainConfig(
+        dataset=dataset,
+        data_dir=str(data_dir) if data_dir is not None else None,
+        train_size=train_size,
+        test_size=test_size,
+        data_seed=data_seed,
+        model=model,
+        widths=widths,  # type: ignore[arg-type]  # parsed (and checked) by TrainConfig
+        width=width,
+        dropout=dropout,
+        batchnorm=batchnorm,
+        small_input=small_input,
+        corrupt=corrupt,
+        corrupt_seed=corrupt_seed,
+        epochs=epochs,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        snapshot_every=snapshot_every,
+        snapshot_epochs=_int_list(snapshot_epochs, "snapshot epochs"),
+        seed=seed,
+        device=device,
+        train_metrics=train_metrics,
+        download=download,
+    )
+
+    def show_epoch(row: dict[str, float]) -> None:
+        if not quiet:
+            console.print(
+                f"epoch {int(row['epoch']):>4}  train loss {row['train_loss']:.4f} "
+                f"acc {row['train_acc']:.2%}  test loss {row['test_loss']:.4f} "
+                f"acc {row['test_acc']:.2%}  lr {row['lr']:.3g}",
+                highlight=False,
+            )
+
+    result = train(cfg, out, resume=resume, progress=not quiet, on_epoch=show_epoch)
+    if quiet:
+        typer.echo(str(result.checkpoint))
+        return
+    table = Table(title=f"{cfg.dataset} / {cfg.model}, corrupt {cfg.corrupt:g}, seed {cfg.seed}")
+    for col in ("epoch", "train loss", "train acc", "true-label acc", "test loss", "test acc"):
+        table.add_column(col, justify="right")
+    rows = result.metrics.to_dicts()
+    shown = rows if len(rows) <= 12 else rows[:3] + rows[-9:]
+    for r in shown:
+        table.add_row(
+            str(r["epoch"]),
+            f"{r['train_loss']:.4f}",
+            f"{r['train_acc']:.2%}",
+            f"{r['train_true_acc']:.2%}",
+            f"{r['test_loss']:.4f}",
+            f"{r['test_acc']:.2%}",
+        )
+    console.print(table)
+    if result.resumed_from is not None:
+        console.print(f"resumed after epoch {result.resumed_from}")
+    console.print(
+        f"checkpoint {result.checkpoint}  metrics {result.out_dir / 'metrics.parquet'}  "
+        f"snapshots {len(result.snapshots)}  ({result.seconds:.1f} s)",
+        highlight=False,
+    )
