@@ -30,10 +30,15 @@ from singledir.stats import (
     stats_from_activations,
     unit_stats,
 )
+
+# isort: split
 # --- data, checkpoints, training ---
+# isort: split
 from singledir.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from singledir.data import DATASET_NAMES, ImageFolderData, LabeledData, load_dataset
 from singledir.train import TrainConfig, TrainResult, evaluate, train
+
+# isort: split
 # --- ablation engine ---
 # --- experiments and reports ---
 
