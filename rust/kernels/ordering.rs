@@ -20,19 +20,26 @@ fn check_finite(name: &str, xs: &[f64]) -> KernelResult<()> {
 pub fn stable_order(scores: &[f64], descending: bool) -> KernelResult<Vec<i64>> {
     check_finite("scores", scores)?;
     let mut idx: Vec<i64> = (0..scores.len() as i64).collect();
-    // A stable sort under a total order has one answer, whatever the thread count.
+    // A stable sort has one answer, whatever the thread count. Scores are finite here, so
+    // partial_cmp is total (and, unlike total_cmp, treats -0.0 and 0.0 as the tie they are).
+    let cmp = |a: &i64, b: &i64| {
+        scores[*a as usize]
+            .partial_cmp(&scores[*b as usize])
+            .unwrap()
+    };
     if descending {
-        idx.par_sort_by(|&a, &b| scores[b as usize].total_cmp(&scores[a as usize]));
+        idx.par_sort_by(|a, b| cmp(b, a));
     } else {
-        idx.par_sort_by(|&a, &b| scores[a as usize].total_cmp(&scores[b as usize]));
+        idx.par_sort_by(cmp);
     }
     Ok(idx)
 }
 
 /// 1-based ranks with ties given their average rank (as `scipy.stats.rankdata`).
+/// `xs` must be free of NaN.
 pub fn average_ranks(xs: &[f64]) -> Vec<f64> {
     let mut idx: Vec<usize> = (0..xs.len()).collect();
-    idx.sort_by(|&a, &b| xs[a].total_cmp(&xs[b]));
+    idx.sort_by(|&a, &b| xs[a].partial_cmp(&xs[b]).unwrap());
     let mut ranks = vec![0f64; xs.len()];
     let mut i = 0;
     while i < idx.len() {
