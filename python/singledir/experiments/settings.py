@@ -1,0 +1,320 @@
+"""Experiment settings: one dataclass of every size an experiment uses, and the presets.
+
+A preset (``tiny``, ``quick``, ``paper``) fills every field; each experiment then overrides the
+fields it needs (e.g. ``corruption`` trains longer so that nets memorise random labels), and
+the user's flags override both. The resolved settings are what the manifest records.
+
+- ``tiny``: seconds, for tests (digits, a few epochs, small nets, few orderings).
+- ``quick``: minutes on two CPU cores (digits or an MNIST subset, MLP 128-128).
+- ``paper``: the paper's sizes (MNIST MLP, ConvNet11 on CIFAR-10, ResNet-50 on ImageNet), for
+  a GPU or a cluster.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from singledir.errors import ConfigError
+
+__all__ = [
+    "Settings",
+    "PRESET_NAMES",
+    "PRESET_DATASETS",
+    "resolve_settings",
+    "parse_list",
+]
+
+PRESET_NAMES = ("tiny", "quick", "paper")
+
+# Which datasets each preset can run on, and the model it picks for each.
+PRESET_DATASETS: dict[str, tuple[str, ...]] = {
+    "tiny": ("digits", "mnist", "fashion-mnist"),
+    "quick": ("digits", "mnist", "fashion-mnist", "cifar10"),
+    "paper": ("mnist", "fashion-mnist", "cifar10", "imagenet"),
+}
+_MODEL_FOR = {
+    "digits": "mlp",
+    "mnist": "mlp",
+    "fashion-mnist": "mlp",
+    "cifar10": "convnet11",
+    "imagenet": "resnet50",
+}
+
+
+@dataclass
+class Settings:
+    """Every size and choice of an experiment (each one is also a ``singledir reproduce`` flag).
+
+    Attributes are grouped: data and model; training; ablation and noise analysis; and the
+    per-experiment grids (corruption fractions, ensemble size, snapshot spacing, dropout
+    rates, the hyper-parameter sweep).
+    """
+
+    preset: str = "quick"
+    dataset: str = "digits"
+    data_dir: str | None = None
+    train_size: int | None = None
+    model: str = "mlp"
+    widths: tuple[int, ...] = (128, 128)
+    width: float = 1.0
+    small_input: bool = False
+    # training
+    epochs: int = 30
+    batch_size: int = 32
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    device: str = "auto"
+    seed: int = 0
+    seeds: int = 1
+    # analysis
+    orderings: int = 10
+    levels: int = 21
+    ablation_samples: int | None = None
+    eval_samples: int | None = None
+    noise_scales: tuple[float, ...] = (0.0, 0.25, 0.5, 1.0, 1.5, 2.0, 3.0)
+    noise_repeats: int = 3
+    # per experiment
+    fractions: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+    ensemble_size: int = 12
+    snapshot_every: int = 5
+    dropouts: tuple[float, ...] = (0.1, 0.2, 0.3)
+    dropout_corrupt: float = 1.0
+    sweep_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    sweep_batch_sizes: tuple[int, ...] = (16, 64)
+    sweep_widths: tuple[int, ...] = (64, 128)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (tuples become lists)."""
+        d = dataclasses.asdict(self)
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Settings:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {', '.join(unknown)}: check the spelling")
+        kwargs: dict[str, Any] = {}
+        for k, v in d.items():
+            kwargs[k] = tuple(v) if isinstance(v, list) else v
+        return cls(**kwargs)
+
+
+# Base of each preset, before the experiment's own overrides.
+_PRESET_BASE: dict[str, dict[str, Any]] = {
+    "tiny": {
+        "widths": (32, 32),
+        "lr": 1e-2,
+        "epochs": 4,
+        "batch_size": 64,
+        "orderings": 3,
+        "levels": 6,
+        "ablation_samples": 300,
+        "eval_samples": 200,
+        "noise_scales": (0.0, 1.0, 2.0),
+        "noise_repeats": 1,
+        "train_size": 300,
+        "fractions": (0.0, 0.5, 1.0),
+        "ensemble_size": 3,
+        "snapshot_every": 2,
+        "dropouts": (0.2,),
+        "sweep_lrs": (1e-3, 3e-3),
+        "sweep_batch_sizes": (64,),
+        "sweep_widths": (16, 32),
+    },
+    "quick": {},
+    "paper": {
+        "widths": (512, 512),
+        "epochs": 100,
+        "batch_size": 128,
+        "orderings": 10,
+        "levels": 51,
+        "ablation_samples": 10_000,
+        "noise_scales": (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0),
+        "noise_repeats": 5,
+        "fractions": (0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+        "ensemble_size": 50,
+        "seeds": 3,
+        "dropouts": (0.1, 0.2, 0.3),
+        "sweep_lrs": (1e-4, 3e-4, 1e-3, 3e-3),
+        "sweep_batch_sizes": (32, 64, 128, 256),
+        "sweep_widths": (128, 256, 512),
+    },
+}
+
+# Per experiment and preset: what differs from the preset's base.
+_EXPERIMENT_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
+    "corruption": {
+        "tiny": {"epochs": 6},
+        # Nets must (nearly) memorise random labels: long enough training on the full set.
+        "quick": {"epochs": 50, "batch_size": 32, "lr": 3e-3},
+        "paper": {"epochs": 200, "seeds": 1},
+    },
+    "ensemble": {
+        "tiny": {},
+        # A small training set makes generalization vary from seed to seed.
+        "quick": {"train_size": 400, "epochs": 40, "ensemble_size": 16, "noise_repeats": 1},
+        "paper": {"ensemble_size": 50},
+    },
+    "training": {
+        "tiny": {"epochs": 6, "seeds": 1},
+        # Few samples and no regularisation: the net overfits and test loss rises.
+        "quick": {"train_size": 300, "epochs": 60, "snapshot_every": 4, "seeds": 2},
+        "paper": {"epochs": 100, "snapshot_every": 5, "seeds": 2},
+    },
+    "selection": {
+        "tiny": {"seeds": 2},
+        "quick": {"epochs": 20, "seeds": 3, "train_size": 600},
+        "paper": {"seeds": 5},
+    },
+    "dropout": {
+        "tiny": {"epochs": 6},
+        "quick": {"epochs": 80, "batch_size": 32},
+        "paper": {"epochs": 300},
+    },
+    "batchnorm": {
+        "tiny": {"seeds": 2},
+        "quick": {"epochs": 30, "seeds": 3},
+        "paper": {"seeds": 3},
+    },
+    "selectivity": {
+        "tiny": {},
+        "quick": {"epochs": 30, "seeds": 2},
+        "paper": {"seeds": 1},
+    },
+}
+
+# Paper-sized models and training for each dataset of the paper preset.
+_PAPER_DATASET: dict[str, dict[str, Any]] = {
+    "mnist": {"model": "mlp", "widths": (512, 512), "optimizer": "sgd", "lr": 0.01},
+    "fashion-mnist": {"model": "mlp", "widths": (512, 512), "optimizer": "sgd", "lr": 0.01},
+    "cifar10": {
+        "model": "convnet11",
+        "optimizer": "sgd",
+        "lr": 0.01,
+        "batch_size": 128,
+        "schedule": "cosine",
+        "weight_decay": 0.0,
+    },
+    "imagenet": {
+        "model": "resnet50",
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "batch_size": 256,
+        "epochs": 90,
+        "schedule": "step",
+        "weight_decay": 1e-4,
+        "ablation_samples": 10_000,
+    },
+}
+
+_DEFAULT_DATASET = {"tiny": "digits", "quick": "digits", "paper": "cifar10"}
+
+
+def parse_list(text: str, kind: type, what: str) -> tuple[Any, ...]:
+    """Parse a comma-separated flag value such as ``"0,0.2,0.4"`` into a tuple of ``kind``."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise ConfigError(f"{what} is empty: give comma-separated values, e.g. 1,2,3")
+    try:
+        return tuple(kind(t) for t in items)
+    except ValueError as exc:
+        raise ConfigError(
+            f"{what} {text!r} is not a comma-separated list of {kind.__name__} values"
+        ) from exc
+
+
+def resolve_settings(
+    experiment: str, preset: str = "quick", overrides: dict[str, Any] | None = None
+) -> Settings:
+    """The settings of ``experiment`` under ``preset``, with the user's ``overrides`` applied.
+
+    Raises
+    ------
+    ConfigError
+        Unknown preset, a dataset the preset cannot use, or a value out of range.
+    """
+    preset = str(preset).lower()
+    if preset not in PRESET_NAMES:
+        raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}")
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    dataset = str(overrides.get("dataset", _DEFAULT_DATASET[preset])).lower()
+    allowed = PRESET_DATASETS[preset]
+    if dataset not in allowed:
+        hint = (
+            "use --preset paper"
+            if preset != "paper"
+            else "use --preset quick (digits is for quick runs)"
+        )
+        raise ConfigError(
+            f"the {preset} preset cannot use dataset {dataset!r} (it takes "
+            f"{', '.join(allowed)}): {hint}"
+        )
+    values: dict[str, Any] = {"preset": preset, "dataset": dataset}
+    values.update(_PRESET_BASE[preset])
+    if preset == "paper":
+        values.update(_PAPER_DATASET.get(dataset, {}))
+    else:
+        values["model"] = _MODEL_FOR[dataset]
+        if dataset == "cifar10":
+            values.update({"width": 0.25, "small_input": True})
+        if dataset != "digits" and preset == "quick":
+            # An MNIST subset keeps the quick preset within minutes on two cores.
+            values.setdefault("train_size", 2000)
+            values["ablation_samples"] = values.get("ablation_samples") or 2000
+            values["eval_samples"] = values.get("eval_samples") or 2000
+    exp_over = _EXPERIMENT_OVERRIDES.get(experiment, {}).get(preset, {})
+    for k, v in exp_over.items():
+        if preset == "quick" and dataset != "digits" and k == "train_size":
+            continue  # the MNIST subset size above wins over digits-specific sizes
+        values[k] = v
+    if "dataset" in overrides and "model" not in overrides and preset != "paper":
+        values["model"] = _MODEL_FOR[dataset]
+    values.update(overrides)
+    try:
+        s = Settings.from_dict(values)
+    except TypeError as exc:
+        raise ConfigError(f"bad settings for {experiment}: {exc}") from exc
+    _validate(s)
+    return s
+
+
+def _validate(s: Settings) -> None:
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise ConfigError(msg)
+
+    need(s.epochs >= 1, f"--epochs must be at least 1, got {s.epochs}")
+    need(s.batch_size >= 1, f"--batch-size must be at least 1, got {s.batch_size}")
+    need(s.lr > 0, f"--lr must be positive, got {s.lr}")
+    need(s.seeds >= 1, f"--seeds must be at least 1, got {s.seeds}")
+    need(s.orderings >= 1, f"--orderings must be at least 1, got {s.orderings}")
+    need(s.levels >= 2, f"--levels must be at least 2, got {s.levels}")
+    need(s.noise_repeats >= 1, f"--noise-repeats must be at least 1, got {s.noise_repeats}")
+    need(s.ensemble_size >= 2, f"--ensemble-size must be at least 2, got {s.ensemble_size}")
+    need(s.snapshot_every >= 1, f"--snapshot-every must be at least 1, got {s.snapshot_every}")
+    need(
+        all(0.0 <= f <= 1.0 for f in s.fractions),
+        f"--fractions must lie in [0, 1], got {list(s.fractions)}",
+    )
+    need(
+        all(0.0 < p < 1.0 for p in s.dropouts),
+        f"--dropouts must lie in (0, 1), got {list(s.dropouts)}",
+    )
+    need(0.0 <= s.dropout_corrupt <= 1.0, "--dropout-corrupt must lie in [0, 1]")
+    need(all(w >= 1 for w in s.widths), f"--widths must be positive, got {list(s.widths)}")
+    need(s.train_size is None or s.train_size >= 10, "--train-size must be at least 10")
+    need(
+        s.ablation_samples is None or s.ablation_samples >= 10,
+        "--ablation-samples must be at least 10",
+    )
+    need(s.eval_samples is None or s.eval_samples >= 10, "--eval-samples must be at least 10")
+    need(all(v >= 0 for v in s.noise_scales), "--noise-scales must be non-negative")
+    need(s.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam, got {s.optimizer!r}")
