@@ -59,7 +59,10 @@ pub fn average_ranks(xs: &[f64]) -> Vec<f64> {
 /// Pearson correlation; NaN when fewer than 2 points or either side is constant.
 pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len();
-    if n < 2 || y.len() != n {
+    // A constant side has no correlation (its rounded mean can differ from its values, so
+    // test equality rather than a zero sum of squares).
+    let constant = |v: &[f64]| v.iter().all(|&a| a == v[0]);
+    if n < 2 || y.len() != n || constant(x) || constant(y) {
         return f64::NAN;
     }
     let mx = x.iter().sum::<f64>() / n as f64;
