@@ -423,7 +423,7 @@ def _check_schema(lf: pl.LazyFrame, where: str) -> None:
         dtype = schema[col]
         if not ok(dtype):
             raise DataError(
-                f"column {col!r} of {where} has dtype {dtype}, expected {kind}: "
+                f"column {col!r} has dtype {dtype} in {where}, expected {kind}: "
                 f"cast it (e.g. pl.col({col!r}).cast(...)) and write the file again"
             )
 
