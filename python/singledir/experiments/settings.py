@@ -170,7 +170,7 @@ _EXPERIMENT_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "paper": {"epochs": 100, "snapshot_every": 5, "seeds": 2},
     },
     "selection": {
-        "tiny": {"seeds": 2},
+        "tiny": {"seeds": 2, "sweep_lrs": (3e-3, 1e-2), "sweep_widths": (16,)},
         "quick": {"epochs": 20, "seeds": 3, "train_size": 600},
         "paper": {"seeds": 5},
     },
@@ -180,7 +180,7 @@ _EXPERIMENT_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "paper": {"epochs": 300},
     },
     "batchnorm": {
-        "tiny": {"seeds": 2},
+        "tiny": {"seeds": 1},
         "quick": {"epochs": 30, "seeds": 3},
         "paper": {"seeds": 3},
     },

@@ -1,0 +1,428 @@
+"""Every experiment end to end on the tiny preset (serial executor): the files, figures,
+manifest and report it writes, and each reported statistic recomputed independently from
+the raw parquet files (NumPy loops, SciPy). Also resume, refusal of foreign folders,
+settings and the report helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from html import escape as html_escape
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats as sps
+from singledir.errors import ConfigError
+from singledir.experiments import EXPERIMENTS, resolve_settings, run_experiment
+from singledir.experiments.runner import DONE_MARKER, MANIFEST
+from singledir.experiments.settings import Settings, parse_list
+from singledir.report import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    Claim,
+    Section,
+    compare_claim,
+    correlation_claim,
+    fmt,
+    write_report,
+)
+
+VERDICTS = {HOLDS, FAILS, INCONCLUSIVE}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class _LazyRuns(dict):
+    """Runs an experiment on the tiny preset the first time a test asks for it."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, name: str):
+        out = run_experiment(
+            name, "tiny", None, self.root / name, executor="serial", progress=False
+        )
+        self[name] = out
+        return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Each experiment run once on the tiny preset (shared by the tests of this module)."""
+    return _LazyRuns(tmp_path_factory.mktemp("tiny"))
+
+
+def _trapezoid_auc(curves: pl.DataFrame) -> float:
+    """Mean over orderings of the trapezoid area under accuracy vs fraction (plain loops)."""
+    areas = []
+    for o in sorted(set(curves["ordering"].to_list())):
+        part = curves.filter(pl.col("ordering") == o).sort("fraction_ablated")
+        x = part["fraction_ablated"].to_list()
+        y = part["accuracy"].to_list()
+        area = sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1))
+        areas.append(area / (x[-1] - x[0]))
+    return float(np.mean(areas))
+
+
+# ------------------------------------------------------------------------- files and report
+
+
+@pytest.mark.parametrize("name", list(EXPERIMENTS))
+def test_experiment_writes_results_figures_manifest_report(tiny: dict, name: str) -> None:
+    out = tiny[name]
+    d = out.out_dir
+    manifest = json.loads((d / MANIFEST).read_text())
+    assert manifest["experiment"] == name and manifest["preset"] == "tiny"
+    assert manifest["status"] == "complete"
+    assert manifest["settings"]["dataset"] == "digits"
+    assert manifest["seeds"] and all(isinstance(s, int) for s in manifest["seeds"])
+    assert {"train", "ablation", "statistics", "report", "wall"} <= set(manifest["timings"]) | {
+        "ablation"
+    }
+    assert len(manifest["runs"]) == out.runs_total > 0
+    for run in manifest["runs"]:
+        rdir = d / "runs" / run["run_id"]
+        assert (rdir / DONE_MARKER).exists() and (rdir / "result.json").exists()
+        assert (rdir / "train" / "ckpt.pt").exists()
+    assert list(d.glob("*.parquet")), "no aggregated parquet table"
+    for table in d.glob("*.parquet"):
+        assert pl.read_parquet(table).height > 0
+    pngs = sorted((d / "figures").glob("*.png"))
+    assert pngs
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_MAGIC
+    html = out.report_html.read_text()
+    assert html.count("data:image/png;base64,") == len(pngs)
+    md = out.report_md.read_text()
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (d / link).exists()
+    assert out.claims and {c.verdict for c in out.claims} <= VERDICTS
+    for c in out.claims:
+        assert html_escape(c.statistic) in html
+        assert c.verdict in md
+    assert [c["verdict"] for c in manifest["claims"]] == [c.verdict for c in out.claims]
+
+
+def test_corruption_statistics_recomputed(tiny: dict) -> None:
+    d = tiny["corruption"].out_dir
+    runs = pl.read_parquet(d / "runs.parquet")
+    curves = pl.read_parquet(d / "curves.parquet")
+    for row in runs.iter_rows(named=True):
+        part = curves.filter(pl.col("run_id") == row["run_id"])
+        assert row["auc"] == pytest.approx(_trapezoid_auc(part), abs=1e-9)
+        # final accuracies come from the training's own metrics
+        metrics = pl.read_parquet(d / "runs" / row["run_id"] / "train" / "metrics.parquet")
+        assert row["train_acc"] == pytest.approx(metrics.sort("epoch")["train_acc"][-1])
+    by_frac = runs.group_by("corrupt").agg(pl.col("auc").mean()).sort("corrupt")
+    rho = sps.spearmanr(by_frac["corrupt"], by_frac["auc"]).statistic
+    claim = tiny["corruption"].claims[0]
+    assert claim.value == pytest.approx(rho)
+    assert claim.verdict == (HOLDS if rho <= -0.3 else FAILS)
+    assert f"over {by_frac.height} corruption fractions" in claim.statistic
+    noise = pl.read_parquet(d / "noise.parquet")
+    assert set(noise["corrupt"].unique()) == set(runs["corrupt"].unique())
+
+
+def test_ensemble_statistics_recomputed(tiny: dict) -> None:
+    d = tiny["ensemble"].out_dir
+    runs = pl.read_parquet(d / "runs.parquet")
+    for row in runs.iter_rows(named=True):
+        m = pl.read_parquet(d / "runs" / row["run_id"] / "train" / "metrics.parquet")
+        last = m.sort("epoch").row(-1, named=True)
+        assert row["gen_error"] == pytest.approx(last["train_acc"] - last["test_acc"])
+    rho = sps.spearmanr(runs["gen_error"], runs["auc"]).statistic
+    claim = tiny["ensemble"].claims[0]
+    if runs.height >= 4:
+        assert claim.value == pytest.approx(rho)
+    else:
+        assert claim.verdict == INCONCLUSIVE  # too few nets for a verdict
+
+
+def test_training_statistics_recomputed(tiny: dict) -> None:
+    d = tiny["training"].out_dir
+    epochs = pl.read_parquet(d / "epochs.parquet")
+    for (seed,), part in epochs.group_by(["seed"]):
+        part = part.sort("epoch")
+        i = int(np.argmin(part["test_loss"].to_numpy()))
+        after = part.slice(i)
+        m = pl.read_parquet(next((d / "runs").glob(f"seed{seed}-*")) / "train" / "metrics.parquet")
+        for row in part.iter_rows(named=True):
+            mrow = m.filter(pl.col("epoch") == row["epoch"]).row(0, named=True)
+            assert row["test_loss"] == pytest.approx(mrow["test_loss"])
+        curves = pl.read_parquet(d / "curves.parquet")
+        for row in part.iter_rows(named=True):
+            sub = curves.filter((pl.col("epoch") == row["epoch"]) & (pl.col("seed") == seed))
+            assert row["auc"] == pytest.approx(_trapezoid_auc(sub), abs=1e-9)
+        claim = tiny["training"].claims[0]
+        if after.height >= 3:
+            rho = sps.spearmanr(after["test_loss"], after["auc"]).statistic
+            assert fmt(rho, 2) in claim.statistic
+        else:
+            assert claim.verdict == INCONCLUSIVE
+
+
+def test_selection_statistics_recomputed(tiny: dict) -> None:
+    d = tiny["selection"].out_dir
+    runs = pl.read_parquet(d / "runs.parquet")
+    picks = pl.read_parquet(d / "selection.parquet")
+    gaps, random_gaps = [], []
+    for row in picks.iter_rows(named=True):
+        part = runs.filter(pl.col("seed") == row["seed"]).to_dicts()
+        best_auc = max(part, key=lambda r: r["auc"])
+        assert row["pick"] == best_auc["setting"]
+        rank = 1 + sum(1 for r in part if r["test_acc"] > best_auc["test_acc"])
+        assert row["pick_rank"] == rank
+        assert row["top1"] == (rank <= 1) and row["top5"] == (rank <= 5)
+        best = max(r["test_acc"] for r in part)
+        gaps.append(best - best_auc["test_acc"])
+        random_gaps.append(np.mean([best - r["test_acc"] for r in part]))
+    claim = tiny["selection"].claims[0]
+    assert claim.value == pytest.approx(np.mean(gaps) * 100)
+    assert claim.verdict == (HOLDS if np.mean(gaps) < np.mean(random_gaps) else FAILS)
+
+
+def test_dropout_slopes_recomputed(tiny: dict) -> None:
+    d = tiny["dropout"].out_dir
+    curves = pl.read_parquet(d / "curves.parquet")
+    slopes = pl.read_parquet(d / "slopes.parquet")
+    for row in slopes.iter_rows(named=True):
+        part = curves.filter(
+            (pl.col("dropout") == row["dropout"]) & (pl.col("corrupt") == row["corrupt"])
+        )
+        mean = part.group_by("fraction_ablated").agg(pl.col("accuracy").mean())
+        pts = sorted(zip(mean["fraction_ablated"], mean["accuracy"], strict=True))
+
+        def at(x: float, pts: list = pts) -> float:
+            for (x0, y0), (x1, y1) in zip(pts, pts[1:], strict=False):
+                if x0 <= x <= x1:
+                    return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+            raise AssertionError(x)
+
+        p = row["dropout"]
+        hi = min(1.0, 3 * p)
+        assert row["loss_per_fraction_within"] == pytest.approx((at(0.0) - at(p)) / p)
+        assert row["loss_per_fraction_beyond"] == pytest.approx((at(p) - at(hi)) / (hi - p))
+
+
+def test_batchnorm_statistics_recomputed(tiny: dict) -> None:
+    d = tiny["batchnorm"].out_dir
+    units = pl.read_parquet(d / "units.parquet")
+    off = units.filter(pl.col("batchnorm") == "no batch norm")["selectivity"].to_list()
+    on = units.filter(pl.col("batchnorm") == "batch norm")["selectivity"].to_list()
+    wins = sum((a > b) + 0.5 * (a == b) for a in off for b in on) / (len(off) * len(on))
+    claim = tiny["batchnorm"].claims[1]
+    assert f"= {fmt(wins, 2)}" in claim.statistic
+    assert claim.value == pytest.approx(np.mean(off) - np.mean(on))
+    assert claim.verdict == (HOLDS if np.mean(off) > np.mean(on) and wins > 0.5 else FAILS)
+
+
+def test_selectivity_correlations_recomputed(tiny: dict) -> None:
+    d = tiny["selectivity"].out_dir
+    units = pl.read_parquet(d / "units.parquet")
+    table = pl.read_parquet(d / "correlations.parquet")
+    rs = []
+    for row in table.iter_rows(named=True):
+        part = units.filter(pl.col("layer") == row["layer"])
+        r = sps.pearsonr(part["selectivity"], part["accuracy_drop"]).statistic
+        rho = sps.spearmanr(part["mutual_info"], part["accuracy_drop"]).statistic
+        assert row["r_selectivity"] == pytest.approx(r, abs=1e-9)
+        assert row["rho_mutual_info"] == pytest.approx(rho, abs=1e-9)
+        rs.append(abs(r))
+    claim = tiny["selectivity"].claims[0]
+    assert claim.verdict == (HOLDS if max(rs) < 0.3 else FAILS)
+    # importance recomputed by hand for one unit: zero it with a hook and re-evaluate
+    import torch
+    from singledir.checkpoint import load_checkpoint
+    from singledir.experiments.runner import eval_data
+
+    rdir = next((d / "runs").glob("seed*"))
+    spec = json.loads((rdir / "spec.json").read_text())
+    model = load_checkpoint(rdir / "train" / "ckpt.pt").model.eval()
+    data = eval_data(spec["train"], spec["analysis"]["eval_samples"])
+    row = units.filter(pl.col("layer") == "relu2").sort("accuracy_drop").row(-1, named=True)
+    unit = int(row["unit"])
+
+    def zero(_m: object, _i: object, o: torch.Tensor) -> torch.Tensor:
+        o = o.clone()
+        o[:, unit] = 0
+        return o
+
+    handle = dict(model.named_modules())["relu2"].register_forward_hook(zero)
+    try:
+        with torch.no_grad():
+            acc = (model(data.x).argmax(1) == data.y).double().mean().item()
+    finally:
+        handle.remove()
+    with torch.no_grad():
+        base = (model(data.x).argmax(1) == data.y).double().mean().item()
+    assert row["accuracy_drop"] == pytest.approx(base - acc, abs=1e-9)
+
+
+# ------------------------------------------------------------------------ resume and refusal
+
+
+def test_rerun_skips_finished_runs_and_redoes_a_lost_one(tiny: dict, tmp_path: Path) -> None:
+    src = tiny["ensemble"].out_dir
+    d = tmp_path / "ens"
+    shutil.copytree(src, d)
+    before = pl.read_parquet(d / "runs.parquet").sort("seed")
+    again = run_experiment("ensemble", "tiny", None, d, executor="serial", progress=False)
+    assert again.runs_skipped == again.runs_total
+    # an interrupted run: its folder without the done marker (e.g. killed while ablating)
+    victim = sorted((d / "runs").iterdir())[0]
+    (victim / DONE_MARKER).unlink()
+    (victim / "curves.parquet").unlink()
+    third = run_experiment("ensemble", "tiny", None, d, executor="serial", progress=False)
+    assert third.runs_skipped == third.runs_total - 1
+    assert (victim / DONE_MARKER).exists()
+    after = pl.read_parquet(d / "runs.parquet").sort("seed")
+    assert after["auc"].to_list() == before["auc"].to_list()  # same seeds, same numbers
+    # changed settings make new runs, never reusing results of other settings
+    fourth = run_experiment("ensemble", "tiny", {"epochs": 2}, d, executor="serial", progress=False)
+    assert fourth.runs_skipped == 0
+    manifest = json.loads((d / MANIFEST).read_text())
+    assert manifest["settings"]["epochs"] == 2
+
+
+def test_refuses_folder_of_another_experiment(tiny: dict) -> None:
+    d = tiny["ensemble"].out_dir
+    with pytest.raises(ConfigError, match="holds results of experiment 'ensemble'") as info:
+        run_experiment("corruption", "tiny", None, d, executor="serial", progress=False)
+    assert "\n" not in str(info.value) and "--out" in str(info.value)
+
+
+def test_refuses_foreign_nonempty_folder_and_file(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not empty"):
+        run_experiment("corruption", "tiny", None, tmp_path, executor="serial")
+    with pytest.raises(ConfigError, match="is a file"):
+        run_experiment("corruption", "tiny", None, tmp_path / "notes.txt", executor="serial")
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_unknown_experiment_and_preset(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown experiment 'fig9'"):
+        run_experiment("fig9", "tiny", None, tmp_path / "x")
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        run_experiment("corruption", "huge", None, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+# ---------------------------------------------------------------------------------- settings
+
+
+def test_presets_resolve_and_overrides_win() -> None:
+    for name in EXPERIMENTS:
+        for preset in ("tiny", "quick"):
+            s = resolve_settings(name, preset)
+            assert s.dataset == "digits" and s.model == "mlp" and s.preset == preset
+        assert resolve_settings(name, "paper").model == "convnet11"
+    q = resolve_settings("corruption", "quick")
+    assert q.widths == (128, 128) and q.orderings == 10 and q.levels == 21
+    s = resolve_settings("corruption", "quick", {"epochs": 3, "fractions": (0.0, 1.0)})
+    assert s.epochs == 3 and s.fractions == (0.0, 1.0)
+    m = resolve_settings("corruption", "quick", {"dataset": "mnist"})
+    assert m.model == "mlp" and m.train_size == 2000
+    assert resolve_settings("corruption", "paper", {"dataset": "mnist"}).widths == (512, 512)
+    assert resolve_settings("corruption", "paper", {"dataset": "imagenet"}).model == "resnet50"
+    assert Settings.from_dict(s.to_dict()) == s
+
+
+def test_preset_dataset_and_value_errors() -> None:
+    with pytest.raises(ConfigError, match="quick preset cannot use dataset 'imagenet'"):
+        resolve_settings("corruption", "quick", {"dataset": "imagenet"})
+    with pytest.raises(ConfigError, match="paper preset cannot use dataset 'digits'"):
+        resolve_settings("corruption", "paper", {"dataset": "digits"})
+    with pytest.raises(ConfigError, match="--fractions"):
+        resolve_settings("corruption", "quick", {"fractions": (0.0, 1.5)})
+    with pytest.raises(ConfigError, match="--epochs"):
+        resolve_settings("corruption", "quick", {"epochs": 0})
+    with pytest.raises(ConfigError, match="--dropouts"):
+        resolve_settings("dropout", "quick", {"dropouts": (0.0,)})
+    with pytest.raises(ConfigError, match="comma-separated"):
+        parse_list("1,x", int, "--widths")
+    assert parse_list(" 0, 0.5 ,1", float, "--fractions") == (0.0, 0.5, 1.0)
+
+
+def test_every_size_is_a_cli_flag() -> None:
+    import inspect
+
+    from singledir.cli.reproduce_cmd import reproduce
+
+    params = set(inspect.signature(reproduce).parameters)
+    fields = set(Settings.__dataclass_fields__) - {
+        "preset",
+        "extra",
+        "momentum",
+        "schedule",
+        "small_input",
+    }
+    assert fields <= params, sorted(fields - params)
+
+
+# ---------------------------------------------------------------------------- report helpers
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=12),
+    st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=12),
+)
+def test_compare_claim_matches_pairwise_loop(a: list[float], b: list[float]) -> None:
+    c = compare_claim("F", "c", a, b, larger_name="A", smaller_name="B", what="x")
+    wins = sum((x > y) + 0.5 * (x == y) for x in a for y in b) / (len(a) * len(b))
+    assert f"P(A > B) = {fmt(wins, 2)}" in c.statistic
+    assert c.value == pytest.approx(np.mean(a) - np.mean(b))
+    assert c.verdict == (HOLDS if np.mean(a) > np.mean(b) and wins > 0.5 else FAILS)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.floats(-9, 9), st.floats(-9, 9)), min_size=0, max_size=15))
+def test_correlation_claim_matches_scipy(points: list[tuple[float, float]]) -> None:
+    x = [p[0] for p in points]
+    y = [p[1] for p in points]
+    c = correlation_claim("F", "c", x, y, expect="negative", what="points")
+    if len(points) < 3 or np.ptp(x or [0]) == 0 or np.ptp(y or [0]) == 0:
+        assert c.verdict == INCONCLUSIVE
+        return
+    rho = sps.spearmanr(x, y).statistic
+    if math.isnan(rho):
+        assert c.verdict == INCONCLUSIVE
+        return
+    assert c.value == pytest.approx(rho, abs=1e-9)
+    assert c.verdict == (HOLDS if rho <= -0.3 else FAILS)
+    pos = correlation_claim("F", "c", x, y, expect="positive", what="points")
+    assert pos.verdict == (HOLDS if rho >= 0.3 else FAILS)
+
+
+def test_write_report_inlines_figures_and_escapes(tmp_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig_path = tmp_path / "figures" / "f.png"
+    fig_path.parent.mkdir()
+    plt.plot([0, 1], [1, 0])
+    plt.savefig(fig_path)
+    plt.close("all")
+    claim = Claim("Fig. 1", "a <b> & c", "rho = -1", HOLDS, -1.0, "rule")
+    section = Section(
+        "x", "Title", "desc", [claim], [("cap", fig_path)], [("t", pl.DataFrame({"a": [1.5]}))]
+    )
+    html_path, md_path = write_report(tmp_path, "R", [section], {"k": "v"})
+    html = html_path.read_text()
+    assert (
+        "a &lt;b&gt; &amp; c" in html
+        and "<b>" not in html.split("<body>")[1].split("a &lt;")[0][-3:]
+    )
+    assert html.count("data:image/png;base64,") == 1
+    md = md_path.read_text()
+    assert "![cap](figures/f.png)" in md and "**holds**" in md and "| 1.500 |" in md
