@@ -125,28 +125,29 @@ def run_experiment(
     names = list(EXPERIMENTS) if key == "all" else [key]
     settings = {n: resolve_settings(n, preset, overrides) for n in names}
     out = Path(out_dir) if out_dir is not None else Path("results") / key
-    prepare_out_dir(out, key)
-    if key == "all":
-        for n in names:
-            prepare_out_dir(out / n, n)
-        # Written first, so that an interrupted `all` is recognised (and resumed) next time.
-        write_json(out / MANIFEST, {"experiment": "all", "preset": preset, "status": "running"})
-
     own_executor = not isinstance(executor, Executor)
-    ex: Executor | None = None if own_executor else executor  # type: ignore[assignment]
+    # Built before anything is written: a bad executor choice or an unreachable Ray
+    # cluster fails fast and leaves no folder behind (the process pool starts lazily).
+    ex: Executor = (
+        make_executor(str(executor), workers=workers, address=address) if own_executor else executor  # type: ignore[assignment]
+    )
     t0 = time.perf_counter()
     sections: list[Section] = []
     outcomes: list[ExperimentOutcome] = []
     try:
+        prepare_out_dir(out, key)
+        if key == "all":
+            for n in names:
+                prepare_out_dir(out / n, n)
+            # Written first, so that an interrupted `all` is recognised (and resumed).
+            write_json(out / MANIFEST, {"experiment": "all", "preset": preset, "status": "running"})
         for n in names:
             sub_out = out / n if key == "all" else out
-            if ex is None:
-                ex = make_executor(str(executor), workers=workers, address=address)
             outcome, section = _run_one(n, settings[n], sub_out, ex, progress)
             sections.append(section)
             outcomes.append(outcome)
     finally:
-        if own_executor and ex is not None:
+        if own_executor:
             ex.close()
     if key != "all":
         outcome = outcomes[0]
