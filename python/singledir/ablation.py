@@ -1,0 +1,730 @@
+"""Cumulative ablation curves, their AUC, and single-unit importance (Morcos et al., 2018).
+
+Ablating a unit replaces its output by a constant (0, the paper's choice, or the unit's mean
+activity over the evaluated data) at every sample and, for conv units (channels), at every
+spatial position. A *cumulative ablation curve* ablates units one after another along an
+ordering (random, or by a score) and records accuracy and loss at every level.
+
+How it is fast (and still exact up to float rounding):
+
+- The network up to the first ablated site is computed once per batch and reused.
+- Many masks go through one pass, stacked along the batch dimension.
+- On flat ``nn.Sequential`` models (singledir's MLP and ConvNet11) where the sites feed an
+  affine layer (Linear or conv, optional batch norm): with one site, the logits at every
+  level are a cumulative sum of per-unit contributions; with two sites, each unit of the
+  first site is a rank-1 (per-channel for conv) update of the second site's pre-activation,
+  and each unit of the second site a rank-1 update of the logits, walked along all
+  orderings at once. Single-unit importance uses the same per-unit updates.
+- Anything else (other models, three or more sites) runs the stacked masks through the
+  cached suffix (``torch.fx`` cut or Sequential slice) or, when the model cannot be cut,
+  full forward passes with hooks.
+
+Every path is tested against a naive reference (one full forward pass per mask with a
+forward hook).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+from torch import nn
+
+from singledir._engine import (
+    Chain,
+    Runner,
+    SequentialRunner,
+    Setup,
+    chunk_count,
+    make_runner,
+    memory_budget_bytes,
+    parse_chain,
+    pick_device,
+    prepared,
+    score,
+    score_per_class,
+    seed_for,
+    setup,
+    unit_fill,
+    unit_moments,
+)
+from singledir.errors import InputError
+from singledir.progress import make_progress
+from singledir.sites import SiteSpec
+
+__all__ = [
+    "ablation_curves",
+    "summarize_curves",
+    "ablation_auc",
+    "unit_importance",
+    "unit_orderings",
+    "ablation_levels",
+]
+
+_TILE = 1 << 20  # elements per dense op of the incremental walk (keeps it in cache)
+
+
+# ------------------------------------------------------------------------------ orderings
+def ablation_levels(levels: int | str | Sequence[int], n_units: int) -> np.ndarray:
+    """Ablation counts to evaluate: ``"all"`` = 0..N; an int k = k evenly spaced counts
+    from 0 to N (rounded, always including 0 and N); or an explicit list of counts."""
+    if isinstance(levels, str):
+        if levels.strip().lower() == "all":
+            return np.arange(n_units + 1, dtype=np.int64)
+        try:
+            levels = int(levels)
+        except ValueError:
+            raise InputError(f"--levels must be 'all' or a number, got {levels!r}") from None
+    if isinstance(levels, int | np.integer):
+        k = int(levels)
+        if k < 2:
+            raise InputError(f"--levels {k} is too few: use at least 2 (0 and all units) or all")
+        if k > n_units + 1:
+            raise InputError(
+                f"--levels {k} exceeds the {n_units + 1} possible counts (0..{n_units} units): "
+                f"use at most {n_units + 1} or all"
+            )
+        return np.unique(np.round(np.linspace(0, n_units, k)).astype(np.int64))
+    arr = np.unique(np.asarray(list(levels), dtype=np.int64))
+    if arr.size == 0 or arr.min() < 0 or arr.max() > n_units:
+        raise InputError(f"ablation levels must lie in 0..{n_units}: fix the list of counts")
+    return arr
+
+
+def _pooled_scores(scores: Any, specs: Sequence[SiteSpec]) -> np.ndarray:
+    n = sum(s.n_units for s in specs)
+    if isinstance(scores, Mapping):
+        parts = []
+        for s in specs:
+            if s.name not in scores:
+                raise InputError(f"scores lack site {s.name!r}: give one array per chosen site")
+            parts.append(np.asarray(scores[s.name], dtype=np.float64).reshape(-1))
+            if parts[-1].size != s.n_units:
+                raise InputError(
+                    f"scores for {s.name!r} have {parts[-1].size} values but the site has "
+                    f"{s.n_units} units: pass one score per unit"
+                )
+        arr = np.concatenate(parts)
+    else:
+        if isinstance(scores, torch.Tensor):
+            scores = scores.detach().cpu().numpy()
+        arr = np.asarray(scores, dtype=np.float64).reshape(-1)
+        if arr.size != n:
+            raise InputError(
+                f"{arr.size} scores for {n} pooled units: pass one score per unit of the "
+                "chosen sites (in forward order)"
+            )
+    if not np.all(np.isfinite(arr)):
+        raise InputError("scores contain NaN or infinity: pass finite per-unit scores")
+    return arr
+
+
+def unit_orderings(
+    n_units: int,
+    *,
+    orderings: int = 10,
+    order: str = "random",
+    scores: np.ndarray | None = None,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Orderings of the pooled units, shape ``(n_orderings, n_units)`` (int64).
+
+    ``order="random"``: ordering ``o`` is ``torch.randperm(n_units)`` drawn from a
+    ``torch.Generator`` seeded with :func:`singledir._engine.seed_for` ``(seed, o)``, so each
+    ordering reproduces on its own. ``"ascending"``/``"descending"``: units sorted by
+    ``scores`` (stable: ties keep unit order); one ordering.
+    """
+    if order == "random":
+        if orderings < 1:
+            raise InputError(f"--orderings must be >= 1, got {orderings}")
+        out = torch.empty(orderings, n_units, dtype=torch.long)
+        for o in range(orderings):
+            g = torch.Generator().manual_seed(seed_for(seed, o))
+            out[o] = torch.randperm(n_units, generator=g)
+        return out
+    if order in ("ascending", "descending"):
+        if scores is None:
+            raise InputError(f"--order {order} needs per-unit scores: pass scores or a column")
+        key = scores if order == "ascending" else -scores
+        return torch.as_tensor(np.argsort(key, kind="stable"), dtype=torch.long).view(1, -1)
+    raise InputError(f"unknown order {order!r}: choose random, ascending or descending")
+
+
+# ----------------------------------------------------------------------- generic engine
+def _mask_edit(
+    specs: Sequence[SiteSpec], masks: torch.Tensor, fills: list[torch.Tensor | None]
+) -> Any:
+    """An edit that ablates, for stacked mask m, the units where ``masks[m]`` is True."""
+    m_count = masks.shape[0]
+
+    def edit(k: int, out: torch.Tensor) -> torch.Tensor:
+        spec = specs[k]
+        seg = masks[:, spec.offset : spec.offset + spec.n_units]
+        if not bool(seg.any()):
+            return out
+        view = out.view(m_count, -1, *out.shape[1:])
+        extra = [1] * (out.ndim - 2)
+        mk = seg.view(m_count, 1, spec.n_units, *extra)
+        fill = fills[k]
+        f = (
+            torch.zeros((), dtype=out.dtype, device=out.device)
+            if fill is None
+            else fill.view(1, 1, spec.n_units, *extra)
+        )
+        return torch.where(mk, f, view).view(out.shape)
+
+    return edit
+
+
+def _generic_curves(
+    st: Setup,
+    runner: Runner,
+    ranks: torch.Tensor,
+    levels: np.ndarray,
+    fills: list[torch.Tensor | None],
+    budget: int,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    n_ord = ranks.shape[0]
+    jobs_o = torch.arange(n_ord).repeat_interleave(len(levels))
+    jobs_l = torch.as_tensor(levels).repeat(n_ord)
+    n_jobs = int(jobs_o.numel())
+    correct = torch.zeros(n_jobs, dtype=torch.long)
+    loss = torch.zeros(n_jobs, dtype=torch.float64)
+    ranks_d = ranks.to(st.device)
+    n_batches = -(-st.batches.count() // st.batches.batch_size)
+    with make_progress(quiet=None if progress else True) as bar:
+        task = bar.add_task("ablation curves", total=n_batches * n_jobs, status="")
+        for x, y in st.batches:
+            state = runner.prefix(x)
+            per_mask = max(1, x.shape[0]) * st.row_bytes * 2
+            chunk = chunk_count(budget, per_mask, n_jobs)
+            for a in range(0, n_jobs, chunk):
+                b = min(n_jobs, a + chunk)
+                o = jobs_o[a:b].to(st.device)
+                lv = jobs_l[a:b].to(st.device)
+                masks = ranks_d[o] <= lv.unsqueeze(1)
+                logits = runner.suffix(state, b - a, _mask_edit(st.specs, masks, fills))
+                c, s = score(logits.view(b - a, x.shape[0], -1), y)
+                correct[a:b] += c
+                loss[a:b] += s
+                bar.advance(task, b - a)
+    return correct.view(n_ord, -1), loss.view(n_ord, -1)
+
+
+# --------------------------------------------------------------------------- fast paths
+def _tail_affine(
+    children: Sequence[nn.Module], chain: Chain, spec: SiteSpec, fill: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For an affine tail (site -> logits): weight ``(units, classes)`` acting on the
+    (spatially averaged) unit activity, the bias ``(classes,)`` and the fill value in that
+    reduced space ``(units,)``."""
+    wt = chain.weight_cols(torch.arange(spec.n_units, device=chain.layer.weight.device))
+    zero = torch.zeros(1, *spec.shape, dtype=wt.dtype, device=wt.device)
+    bias = chain.run(children, zero)[0]
+    fill_r = torch.zeros(spec.n_units, dtype=wt.dtype, device=wt.device) if fill is None else fill
+    return wt, bias, fill_r
+
+
+def _reduce(h: torch.Tensor, n_lead: int) -> torch.Tensor:
+    """Average over spatial dims (everything after the unit dim at ``n_lead``)."""
+    if h.ndim > n_lead + 1:
+        return h.mean(dim=tuple(range(n_lead + 1, h.ndim)))
+    return h
+
+
+def _fast_one_site(
+    st: Setup,
+    runner: SequentialRunner,
+    tail: Chain,
+    orders: torch.Tensor,
+    levels: np.ndarray,
+    fills: list[torch.Tensor | None],
+    budget: int,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One site feeding an affine tail: logits(level) = logits(0) + cumulative sum of the
+    per-unit contributions taken in ordering order (float64 accumulation)."""
+    spec = st.specs[0]
+    n_ord, n = orders.shape
+    wt, bias, fill_r = _tail_affine(runner.children, tail, spec, fills[0])
+    n_cls = wt.shape[1]
+    lv = torch.as_tensor(levels, device=st.device)
+    correct = torch.zeros(n_ord, len(levels), dtype=torch.long)
+    loss = torch.zeros(n_ord, len(levels), dtype=torch.float64)
+    orders_d = orders.to(st.device)
+    b_chunk = chunk_count(budget, 8.0 * (n + 1) * n_cls * 3, 4096)
+    n_batches = -(-st.batches.count() // st.batches.batch_size)
+    with make_progress(quiet=None if progress else True) as bar:
+        task = bar.add_task("ablation curves", total=n_batches, status="")
+        for x, y in st.batches:
+            h_all = runner.prefix(x)
+            for a in range(0, x.shape[0], b_chunk):
+                h = h_all[a : a + b_chunk]
+                yb = y[a : a + b_chunk]
+                r = _reduce(h, 1).double()  # (b, n)
+                logits0 = r @ wt.double() + bias.double()
+                contrib = (fill_r.double() - r).unsqueeze(-1) * wt.double()  # (b, n, C)
+                for o in range(n_ord):
+                    cs = torch.cumsum(contrib[:, orders_d[o]], dim=1)  # (b, n, C)
+                    cs = torch.cat([torch.zeros_like(cs[:, :1]), cs], dim=1)
+                    lg = (logits0.unsqueeze(1) + cs[:, lv]).transpose(0, 1)
+                    c, s = score(lg, yb)
+                    correct[o] += c
+                    loss[o] += s
+            bar.advance(task, 1)
+    return correct, loss
+
+
+def _fast_two_sites(
+    st: Setup,
+    runner: SequentialRunner,
+    chain1: Chain,
+    tail: Chain,
+    orders: torch.Tensor,
+    levels: np.ndarray,
+    fills: list[torch.Tensor | None],
+    budget: int,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two sites, the first feeding an affine layer before the second, the second feeding an
+    affine tail. Walk all orderings at once along the events 'one more unit of site 1':
+    each is a rank-1 (per-channel) update of site 2's pre-activation; between events the
+    logits move by rank-1 terms of site 2's units, summed cumulatively in float64."""
+    children = runner.children
+    s1, s2 = st.specs
+    n1, n2 = s1.n_units, s2.n_units
+    n_ord, n = orders.shape
+    dev = st.device
+    p2 = runner.site_pos[1]
+    mid = children[chain1.end : p2 + 1]
+    relu_mid = len(mid) == 1 and isinstance(mid[0], nn.ReLU)
+    wt, bias, fill_r2 = _tail_affine(children, tail, s2, fills[1])
+    n_cls = wt.shape[1]
+
+    # ordering bookkeeping (CPU, then device)
+    is1 = orders < n1  # (O, N): step i+1 ablates a site-1 unit
+    seq1 = torch.stack([orders[o][is1[o]] for o in range(n_ord)])  # (O, n1)
+    pos1 = torch.stack([torch.nonzero(is1[o]).view(-1) + 1 for o in range(n_ord)])  # (O, n1)
+    seg_start = torch.cat([torch.zeros(n_ord, 1, dtype=torch.long), pos1], 1)  # (O, n1+1)
+    seg_of = torch.cat(
+        [torch.zeros(n_ord, 1, dtype=torch.long), torch.cumsum(is1.long(), 1)], 1
+    )  # (O, N+1): segment of each level
+    ranks = torch.empty_like(orders)
+    ranks.scatter_(1, orders, torch.arange(1, n + 1).expand(n_ord, n).contiguous())
+    rank2 = ranks[:, n1:]  # (O, n2)
+    m2 = rank2.unsqueeze(1) <= seg_start.unsqueeze(2)  # (O, n1+1, n2): ablated at seg start
+    o_idx, i_idx = torch.nonzero(~is1, as_tuple=True)  # site-2 steps
+    lvl_idx = i_idx + 1
+    k_idx = orders[o_idx, i_idx] - n1
+    e_idx = seg_of[o_idx, lvl_idx]
+    sort = torch.argsort(e_idx, stable=True)
+    o_idx, lvl_idx, k_idx, e_idx = o_idx[sort], lvl_idx[sort], k_idx[sort], e_idx[sort]
+    bounds = torch.searchsorted(e_idx, torch.arange(n1 + 2)).tolist()
+    o_idx, lvl_idx, k_idx = o_idx.to(dev), lvl_idx.to(dev), k_idx.to(dev)
+    k_of_level = torch.zeros(n_ord, n + 1, dtype=torch.long)
+    k_of_level[:, 1:] = torch.where(is1, 0, orders - n1)
+    k_of_level = k_of_level.to(dev)
+    seq1_d, m2_d = seq1.to(dev), m2.to(dev)
+    seg_of_d, seg_start_d = seg_of.to(dev), seg_start.to(dev)
+    lv = torch.as_tensor(levels, device=dev)
+
+    fill1 = fills[0]
+    keep_all = (~m2_d).to(wt.dtype)  # (O, n1+1, n2)
+    # bias per ordering and segment start from ablated site-2 units held at their fill
+    fill_bias = bias + ((1 - keep_all) * fill_r2) @ wt  # (O, n1+1, C)
+    linear1 = isinstance(chain1.layer, nn.Linear)
+    wc = chain1.weight_cols(seq1_d.reshape(-1)).view(n_ord, n1, -1) if linear1 else None
+
+    pre_numel = int(np.prod(children_out_shape(children, chain1, s1, dev, st.dtype)))
+    o_grp = max(1, min(n_ord, _TILE // (16 * pre_numel)))
+    correct = torch.zeros(n_ord, len(levels), dtype=torch.long)
+    loss = torch.zeros(n_ord, len(levels), dtype=torch.float64)
+    n_batches = -(-st.batches.count() // st.batches.batch_size)
+    with make_progress(quiet=None if progress else True) as bar:
+        task = bar.add_task("ablation curves", total=n_batches, status="")
+        for x, y in st.batches:
+            h1_all = runner.prefix(x)
+            b_chunk = max(16, _TILE // (o_grp * pre_numel))
+            mem_cap = budget // max(1, o_grp * ((n1 + 1) * n_cls + (n + 1)) * 8 + pre_numel * 16)
+            b_chunk = max(1, min(b_chunk, mem_cap))
+            for a in range(0, x.shape[0], b_chunk):
+                h1 = h1_all[a : a + b_chunk]
+                yb = y[a : a + b_chunk]
+                b = h1.shape[0]
+                pre0 = chain1.run(children, h1)
+                d1 = (-h1 if fill1 is None else _fill_view(fill1, h1) - h1).transpose(0, 1)
+                for g0 in range(0, n_ord, o_grp):
+                    g1 = min(n_ord, g0 + o_grp)
+                    og = g1 - g0
+                    pre = pre0.unsqueeze(0).repeat(og, *([1] * pre0.ndim))
+                    gvals = torch.zeros(og, n + 1, b, dtype=st.dtype, device=dev)
+                    starts = torch.empty(n1 + 1, og, b, n_cls, dtype=st.dtype, device=dev)
+                    hbuf = torch.empty_like(pre) if relu_mid else None
+                    sel = (o_idx >= g0) & (o_idx < g1)
+                    for e in range(n1 + 1):
+                        if relu_mid:
+                            h2 = torch.clamp_min(pre, 0, out=hbuf)
+                        else:
+                            flat = pre.reshape(og * b, *pre.shape[2:])
+                            for m in mid:
+                                flat = m(flat)
+                            h2 = flat.view(og, b, *flat.shape[1:])
+                        r2 = _reduce(h2, 2)  # (og, b, n2)
+                        lo, hi = bounds[e], bounds[e + 1]
+                        if hi > lo:
+                            oo, ll, kk = o_idx[lo:hi], lvl_idx[lo:hi], k_idx[lo:hi]
+                            s_sel = sel[lo:hi]
+                            if not bool(s_sel.all()):
+                                oo, ll, kk = oo[s_sel], ll[s_sel], kk[s_sel]
+                            gvals[oo - g0, ll] = fill_r2[kk].unsqueeze(1) - r2[oo - g0, :, kk]
+                        wk = wt.unsqueeze(0) * keep_all[g0:g1, e].unsqueeze(2)  # (og, n2, C)
+                        torch.baddbmm(fill_bias[g0:g1, e].unsqueeze(1), r2, wk, out=starts[e])
+                        if e < n1:
+                            if linear1:
+                                assert wc is not None
+                                dcol = d1[seq1_d[g0:g1, e]]  # (og, b)
+                                pre.addcmul_(dcol.unsqueeze(-1), wc[g0:g1, e].unsqueeze(1))
+                            else:
+                                units = seq1_d[g0:g1, e]
+                                pre += chain1.contrib(d1[units], units)
+                    # logits(level) = start(seg) + cumsum of site-2 steps since seg start
+                    for oi in range(og):
+                        o = g0 + oi
+                        contrib = gvals[oi].double().unsqueeze(-1) * wt.double()[k_of_level[o]].unsqueeze(1)
+                        cs = torch.cumsum(contrib, 0)  # (N+1, b, C)
+                        seg = seg_of_d[o, lv]
+                        base = cs[seg_start_d[o, seg]]
+                        lg = starts[seg, oi].double() + cs[lv] - base
+                        c, s = score(lg, yb)
+                        correct[o] += c
+                        loss[o] += s
+            bar.advance(task, 1)
+    return correct, loss
+
+
+def _fill_view(fill: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    return fill.view(1, -1, *([1] * (h.ndim - 2)))
+
+
+def children_out_shape(
+    children: Sequence[nn.Module], chain: Chain, spec: SiteSpec, dev: torch.device, dtype: Any
+) -> tuple[int, ...]:
+    """Per-sample shape of a chain's output."""
+    with torch.no_grad():
+        out = chain.run(children, torch.zeros(1, *spec.shape, device=dev, dtype=dtype))
+    return tuple(int(v) for v in out.shape[1:])
+
+
+def _fast_plan(
+    runner: Runner, st: Setup
+) -> tuple[str, Chain | None, Chain | None] | None:
+    """Which incremental path applies: ('one', tail) or ('two', chain1, tail)."""
+    if not isinstance(runner, SequentialRunner) or len(st.specs) > 2:
+        return None
+    children = runner.children
+    last = runner.site_pos[-1]
+    tail = parse_chain(children, last, len(st.specs[-1].shape) + 1)
+    if tail is None or tail.end != len(children):
+        return None
+    if len(st.specs) == 1:
+        return ("one", None, tail)
+    chain1 = parse_chain(children, runner.site_pos[0], len(st.specs[0].shape) + 1)
+    if chain1 is None or chain1.end > last:
+        return None
+    if any(not isinstance(m, nn.ReLU | nn.Identity | nn.Dropout) for m in children[chain1.end : last + 1]):
+        return None
+    return ("two", chain1, tail)
+
+
+# ------------------------------------------------------------------------------- public
+def ablation_curves(
+    model: nn.Module,
+    data: Any,
+    layers: str | Sequence[str] = "all",
+    *,
+    orderings: int = 10,
+    levels: int | str | Sequence[int] = "all",
+    order: str = "random",
+    scores: Any = None,
+    value: str = "zero",
+    seed: int = 0,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    memory_budget_mb: float | None = None,
+    progress: bool = True,
+    method: str = "auto",
+) -> pl.DataFrame:
+    """Cumulative ablation curves: accuracy and loss as units are ablated one by one.
+
+    The units of all chosen sites are pooled into one index (sites concatenated in forward
+    order; a conv site's units are its channels) and ablated cumulatively along each
+    ordering; at ablation level ``n`` the first ``n`` units of the ordering are ablated.
+
+    Parameters
+    ----------
+    model:
+        Any ``nn.Module`` returning ``(batch, classes)`` logits; evaluated in eval mode on
+        ``device`` (its mode and device are restored afterwards).
+    data:
+        ``(x, y)`` tensors, an object with ``.x``/``.y`` tensors (``LabeledData``) or
+        ``.loader(batch_size)``, a torch ``Dataset`` or a ``DataLoader``.
+    layers:
+        ``"all"``, ``"lastN"``, comma-separated module names or a list of names.
+    orderings:
+        Number of random orderings (``order="random"``; score orders use one).
+    levels:
+        ``"all"`` (every count 0..N), an int k (k evenly spaced counts including 0 and N),
+        or an explicit list of counts.
+    order:
+        ``"random"`` (ordering ``o`` is a permutation drawn from a generator seeded by
+        ``(seed, o)``), ``"ascending"`` or ``"descending"`` by ``scores`` (stable ties).
+    scores:
+        Per-unit scores for score orders: a 1-D array over the pooled units or a dict
+        ``site -> array``.
+    value:
+        ``"zero"`` (clamp the unit to 0, the paper's) or ``"mean"`` (its mean activity over
+        the evaluated data, over samples and spatial positions).
+    seed, batch_size, device, memory_budget_mb, progress:
+        Seed of the orderings (recorded in the output); samples per batch; ``"cpu"``/
+        ``"cuda"`` (default: CUDA when available); memory for stacked masks (default 1 GiB
+        on CPU, half the free memory on CUDA); rich progress bar on/off.
+    method:
+        ``"auto"`` (fastest exact path), ``"stacked"`` (cached prefix + stacked masks only)
+        or ``"hooks"`` (full forward passes with hooks, stacked masks): for testing.
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per (ordering, level): ``ordering``, ``n_ablated``, ``fraction_ablated``
+        (``n_ablated / N``), ``accuracy``, ``loss`` (mean cross-entropy), ``seed``.
+    """
+    dev = pick_device(device)
+    with prepared(model, dev) as dtype, torch.no_grad():
+        st = setup(model, data, layers, batch_size, dev, dtype)
+        lv = ablation_levels(levels, st.n_units)
+        sc = _pooled_scores(scores, st.specs) if order != "random" else None
+        if order != "random" and scores is None:
+            raise InputError(f"--order {order} needs per-unit scores: pass scores")
+        orders = unit_orderings(st.n_units, orderings=orderings, order=order, scores=sc, seed=seed)
+        runner = make_runner(model, st.sites, st.batches.sample_x, method)
+        means = unit_moments(st, runner)[0] if value == "mean" else None
+        fills = unit_fill(st.specs, means, value)
+        budget = memory_budget_bytes(memory_budget_mb, dev)
+        plan = _fast_plan(runner, st) if method == "auto" else None
+        if plan is not None and plan[0] == "one":
+            assert isinstance(runner, SequentialRunner) and plan[2] is not None
+            correct, loss = _fast_one_site(st, runner, plan[2], orders, lv, fills, budget, progress)
+        elif plan is not None:
+            assert isinstance(runner, SequentialRunner) and plan[1] is not None
+            assert plan[2] is not None
+            correct, loss = _fast_two_sites(
+                st, runner, plan[1], plan[2], orders, lv, fills, budget, progress
+            )
+        else:
+            ranks = torch.empty_like(orders)
+            n_ord, n = orders.shape
+            ranks.scatter_(1, orders, torch.arange(1, n + 1).expand(n_ord, n).contiguous())
+            correct, loss = _generic_curves(st, runner, ranks, lv, fills, budget, progress)
+        n_samples = st.batches.count()
+    n_ord = orders.shape[0]
+    return pl.DataFrame(
+        {
+            "ordering": np.repeat(np.arange(n_ord, dtype=np.int64), len(lv)),
+            "n_ablated": np.tile(lv, n_ord).astype(np.int64),
+            "fraction_ablated": np.tile(lv / max(st.n_units, 1), n_ord).astype(np.float64),
+            "accuracy": (correct.double() / n_samples).reshape(-1).numpy(),
+            "loss": (loss / n_samples).reshape(-1).numpy(),
+            "seed": np.full(n_ord * len(lv), int(seed), dtype=np.int64),
+        }
+    )
+
+
+def summarize_curves(df: pl.DataFrame) -> pl.DataFrame:
+    """Per ablation level: ``n_ablated``, ``fraction_ablated``, ``accuracy_mean``,
+    ``accuracy_std``, ``loss_mean``, ``loss_std`` (std across orderings, ddof=0; 0 for a
+    single ordering), sorted by ``n_ablated``."""
+    _check_curves(df)
+    return (
+        df.group_by("n_ablated")
+        .agg(
+            pl.col("fraction_ablated").first(),
+            pl.col("accuracy").mean().alias("accuracy_mean"),
+            pl.col("accuracy").std(ddof=0).fill_null(0.0).alias("accuracy_std"),
+            pl.col("loss").mean().alias("loss_mean"),
+            pl.col("loss").std(ddof=0).fill_null(0.0).alias("loss_std"),
+        )
+        .sort("n_ablated")
+    )
+
+
+def _check_curves(df: pl.DataFrame) -> None:
+    need = {"ordering", "n_ablated", "fraction_ablated", "accuracy"}
+    missing = need - set(df.columns)
+    if missing:
+        raise InputError(
+            f"curves table lacks columns {sorted(missing)}: pass the output of ablation_curves"
+        )
+    if df.height == 0:
+        raise InputError("curves table is empty: pass the output of ablation_curves")
+
+
+def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
+    return float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+
+
+def ablation_auc(
+    df: pl.DataFrame, *, per_ordering: bool = False, relative: bool = False
+) -> float | pl.DataFrame:
+    """Normalized area under the cumulative ablation curve.
+
+    Definition: for each ordering, sort its rows by ``fraction_ablated`` x and take the
+    trapezoid-rule area under accuracy y(x); the x range is [0, 1] when the levels include
+    0 and all units (``levels="all"`` or an int), so the area is already normalized (an
+    unablatable network with accuracy 1 scores 1). Rows covering only part of [0, 1] are
+    divided by their x span. ``relative=True`` divides each ordering's area by its
+    unablated (x = 0, else smallest x) accuracy. The result is the mean over orderings, or
+    with ``per_ordering=True`` a DataFrame ``ordering``, ``auc``.
+    """
+    _check_curves(df)
+    rows = []
+    for (o,), part in df.sort("fraction_ablated").group_by(["ordering"], maintain_order=True):
+        x = part["fraction_ablated"].to_numpy().astype(np.float64)
+        y = part["accuracy"].to_numpy().astype(np.float64)
+        span = float(x[-1] - x[0])
+        area = _trapezoid(x, y) / span if span > 0 else float(y[0])
+        if relative:
+            area = area / y[0] if y[0] > 0 else float("nan")
+        rows.append((int(o), area))
+    rows.sort()
+    if per_ordering:
+        return pl.DataFrame(
+            {"ordering": [r[0] for r in rows], "auc": [r[1] for r in rows]},
+            schema={"ordering": pl.Int64, "auc": pl.Float64},
+        )
+    return float(np.mean([r[1] for r in rows]))
+
+
+# ---------------------------------------------------------------------------- importance
+def _importance_site(
+    st: Setup,
+    spec: SiteSpec,
+    runner: Runner,
+    fill: torch.Tensor | None,
+    budget: int,
+    bar: Any,
+    task: Any,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    n = spec.n_units
+    correct = torch.zeros(n, dtype=torch.long)
+    loss = torch.zeros(n, dtype=torch.float64)
+    per_class = torch.zeros(n, st.n_classes, dtype=torch.long)
+    chain = None
+    if isinstance(runner, SequentialRunner):
+        chain = parse_chain(runner.children, runner.site_pos[0], len(spec.shape) + 1)
+    units_all = torch.arange(n, device=st.device)
+    for x, y in st.batches:
+        b = x.shape[0]
+        h = runner.prefix(x)
+        chunk = chunk_count(budget, b * st.row_bytes * 2, n)
+        pre = chain.run(runner.children, h) if chain is not None else None
+        for a in range(0, n, chunk):
+            units = units_all[a : a + chunk]
+            m = units.numel()
+            if chain is not None and isinstance(runner, SequentialRunner):
+                assert pre is not None
+                hu = h[:, units].transpose(0, 1)  # (m, b, *spatial)
+                d = -hu if fill is None else fill[units].view(m, 1, *([1] * (hu.ndim - 2))) - hu
+                z = pre.unsqueeze(0) + chain.contrib(d, units)
+                z = z.reshape(m * b, *z.shape[2:])
+                for mod in runner.children[chain.end :]:
+                    z = mod(z)
+                logits = z
+            else:
+                masks = torch.zeros(m, n, dtype=torch.bool, device=st.device)
+                masks[torch.arange(m, device=st.device), units] = True
+                logits = runner.suffix(h, m, _mask_edit([spec], masks, [fill]))
+            c, s, pc = score_per_class(logits.view(m, b, -1), y, st.n_classes)
+            correct[a : a + m] += c
+            loss[a : a + m] += s
+            per_class[a : a + m] += pc
+            bar.advance(task, m)
+    return correct, loss, per_class
+
+
+def unit_importance(
+    model: nn.Module,
+    data: Any,
+    layers: str | Sequence[str] = "all",
+    *,
+    value: str = "zero",
+    per_class: bool = True,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    memory_budget_mb: float | None = None,
+    progress: bool = True,
+    method: str = "auto",
+) -> pl.DataFrame:
+    """Single-unit importance: the accuracy drop and loss rise when one unit alone is ablated.
+
+    Returns one row per (layer, unit): ``layer``, ``unit``, ``base_accuracy``, ``accuracy``,
+    ``accuracy_drop`` (base - ablated), ``base_loss``, ``loss``, ``loss_rise`` (ablated -
+    base; losses are mean cross-entropy) and, with ``per_class``, ``accuracy_drop_class_{k}``
+    for every class k of the model's output (accuracy over the samples labelled k; NaN when
+    the data has none). ``value``, ``data`` and the other arguments are as in
+    :func:`ablation_curves`.
+    """
+    dev = pick_device(device)
+    with prepared(model, dev) as dtype, torch.no_grad():
+        st = setup(model, data, layers, batch_size, dev, dtype)
+        budget = memory_budget_bytes(memory_budget_mb, dev)
+        base_c = torch.zeros(1, dtype=torch.long)
+        base_l = torch.zeros(1, dtype=torch.float64)
+        base_pc = torch.zeros(1, st.n_classes, dtype=torch.long)
+        class_n = torch.zeros(st.n_classes, dtype=torch.long)
+        n_samples = 0
+        for x, y in st.batches:
+            c, s, pc = score_per_class(model(x).unsqueeze(0), y, st.n_classes)
+            base_c += c
+            base_l += s
+            base_pc += pc
+            class_n += torch.bincount(y.cpu(), minlength=st.n_classes)[: st.n_classes]
+            n_samples += x.shape[0]
+        frames = []
+        with make_progress(quiet=None if progress else True) as bar:
+            task = bar.add_task("unit importance", total=st.n_units * -(-n_samples // st.batches.batch_size), status="")
+            for spec in st.specs:
+                runner = make_runner(model, [spec.name], st.batches.sample_x, method)
+                sub = Setup(**{**st.__dict__, "sites": [spec.name], "specs": [spec]})
+                fill = None
+                if value == "mean":
+                    fill = unit_moments(sub, runner)[0][0]
+                elif value != "zero":
+                    raise InputError(f"unknown ablation value {value!r}: choose zero or mean")
+                correct, loss, pcc = _importance_site(sub, spec, runner, fill, budget, bar, task)
+                base_acc = float(base_c[0]) / n_samples
+                base_loss = float(base_l[0]) / n_samples
+                acc = correct.double().numpy() / n_samples
+                lss = loss.numpy() / n_samples
+                cols: dict[str, Any] = {
+                    "layer": [spec.name] * spec.n_units,
+                    "unit": np.arange(spec.n_units, dtype=np.int64),
+                    "base_accuracy": np.full(spec.n_units, base_acc),
+                    "accuracy": acc,
+                    "accuracy_drop": base_acc - acc,
+                    "base_loss": np.full(spec.n_units, base_loss),
+                    "loss": lss,
+                    "loss_rise": lss - base_loss,
+                }
+                if per_class:
+                    cn = class_n.double().numpy()
+                    with np.errstate(invalid="ignore", divide="ignore"):
+                        base_k = np.where(cn > 0, base_pc[0].double().numpy() / cn, np.nan)
+                        acc_k = np.where(cn > 0, pcc.double().numpy() / cn, np.nan)
+                    for k in range(st.n_classes):
+                        cols[f"accuracy_drop_class_{k}"] = base_k[k] - acc_k[:, k]
+                frames.append(pl.DataFrame(cols))
+    return pl.concat(frames)
