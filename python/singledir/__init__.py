@@ -19,12 +19,23 @@ from singledir.errors import (
 from singledir.models import MLP, ConvNet11, build_model, resnet
 
 # --- statistics (Rust core) ---
+from singledir.stats import (
+    class_selectivity,
+    curve_auc,
+    level_mean_std,
+    mutual_information,
+    preferred_class,
+    rank_units,
+    score_correlations,
+    stats_from_activations,
+    unit_stats,
+)
 
 # isort: split
 # --- data, checkpoints, training ---
 from singledir.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from singledir.data import DATASET_NAMES, ImageFolderData, LabeledData, load_dataset
-from singledir.train import TrainConfig, TrainResult, evaluate, train
+from singledir.train import TrainConfig, TrainResult, evaluate
 
 # isort: split
 # --- ablation engine ---
@@ -47,6 +58,15 @@ __all__ = [
     "resnet",
     "build_model",
     # --- statistics (Rust core) ---
+    "class_selectivity",
+    "preferred_class",
+    "mutual_information",
+    "unit_stats",
+    "stats_from_activations",
+    "rank_units",
+    "score_correlations",
+    "curve_auc",
+    "level_mean_std",
     # --- data, checkpoints, training ---
     "DATASET_NAMES",
     "LabeledData",
@@ -57,7 +77,6 @@ __all__ = [
     "load_checkpoint",
     "TrainConfig",
     "TrainResult",
-    "train",
     "evaluate",
     # --- ablation engine ---
     # --- experiments and reports ---
