@@ -56,6 +56,9 @@ def train_command(
     download: bool = typer.Option(False, help="Download missing data through torchvision."),
     seed: int = typer.Option(0, help="Seed of initialization, batch order and dropout."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    threads: int | None = typer.Option(
+        None, help="CPU threads for torch (1 is fastest for small nets on a busy machine)."
+    ),
     train_metrics: str = typer.Option(
         "eval", help="eval (exact pass over the training set) or running (mean over batches)."
     ),
@@ -94,6 +97,7 @@ def train_command(
         snapshot_epochs=_int_list(snapshot_epochs, "snapshot epochs"),
         seed=seed,
         device=device,
+        threads=threads,
         train_metrics=train_metrics,
         download=download,
     )
@@ -107,7 +111,17 @@ def train_command(
                 highlight=False,
             )
 
-    result = train(cfg, out, resume=resume, progress=not quiet, on_epoch=show_epoch)
+    try:
+        result = train(cfg, out, resume=resume, progress=not quiet, on_epoch=show_epoch)
+    except KeyboardInterrupt:
+        # Typer turns the interrupt into exit status 130 without a word: say how to go on.
+        console.print(
+            f"[bold red]interrupted:[/] {out / 'resume.pt'} holds the last finished epoch; "
+            "run the same command again to resume",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise
     if quiet:
         typer.echo(str(result.checkpoint))
         return
