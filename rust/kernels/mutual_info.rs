@@ -1,8 +1,8 @@
 //! Mutual information, in bits, between one unit's binned activity and the class label.
 //!
 //! Binning (per unit, computed in f64 from the f32 activity):
-//! - equal width: `bin = min(floor((x - min) / (max - min) * bins), bins - 1)`; a constant unit
-//!   puts every sample in bin 0.
+//! - equal width: `bin = min(floor((x - min) * (bins / (max - min))), bins - 1)`; a constant
+//!   unit puts every sample in bin 0.
 //! - equal frequency: with `s` the sorted activity of the unit's `n` samples, the edges are
 //!   `s[k * n / bins]` for `k = 1..bins` (integer division) and `bin = #{edges <= x}`. Equal
 //!   values always share a bin (ties never split by sample order), so a unit with many exact
@@ -97,13 +97,14 @@ pub fn bin_codes(
                 return;
             }
             let lo = min as f64;
-            let width = max as f64 - lo;
-            let nb = bins as f64;
+            let scale = bins as f64 / (max as f64 - lo);
             let last = (bins - 1) as u32;
-            for &x in values {
-                let b = ((x as f64 - lo) / width * nb).floor();
-                out.push(if b >= nb { last } else { b.max(0.0) as u32 });
-            }
+            // x >= min, so truncation is floor; `as` saturates, and the loop vectorizes.
+            out.extend(
+                values
+                    .iter()
+                    .map(|&x| (((x as f64 - lo) * scale) as u32).min(last)),
+            );
         }
         Binning::EqualFrequency => {
             sort_buf.clear();
@@ -153,6 +154,15 @@ pub fn mi_from_codes(
     table.resize(n_bins * n_classes, 0);
     for (&b, &c) in codes.iter().zip(labels) {
         table[b as usize * n_classes + c as usize] += 1;
+    }
+    mi_from_table(table, n_bins, n_classes, miller_madow)
+}
+
+/// MI in bits from a `(n_bins, n_classes)` row-major contingency table of counts.
+pub fn mi_from_table(table: &[u64], n_bins: usize, n_classes: usize, miller_madow: bool) -> f64 {
+    let n: u64 = table.iter().sum();
+    if n == 0 {
+        return 0.0;
     }
     let mut bin_tot = vec![0u64; n_bins];
     let mut class_tot = vec![0u64; n_classes];

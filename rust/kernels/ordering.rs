@@ -65,16 +65,22 @@ pub fn pearson(x: &[f64], y: &[f64]) -> f64 {
     if n < 2 || y.len() != n || constant(x) || constant(y) {
         return f64::NAN;
     }
-    let mx = x.iter().sum::<f64>() / n as f64;
-    let my = y.iter().sum::<f64>() / n as f64;
+    // Deviations scaled by their largest magnitude, so that squares neither underflow nor
+    // overflow for very small or very large scores.
+    let centered = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / n as f64;
+        let d: Vec<f64> = v.iter().map(|a| a - m).collect();
+        let scale = d.iter().fold(0f64, |acc, a| acc.max(a.abs()));
+        d.into_iter().map(|a| a / scale).collect::<Vec<f64>>()
+    };
+    let (dx, dy) = (centered(x), centered(y));
     let (mut sxy, mut sxx, mut syy) = (0f64, 0f64, 0f64);
-    for (&a, &b) in x.iter().zip(y) {
-        let (dx, dy) = (a - mx, b - my);
-        sxy += dx * dy;
-        sxx += dx * dx;
-        syy += dy * dy;
+    for (&a, &b) in dx.iter().zip(&dy) {
+        sxy += a * b;
+        sxx += a * a;
+        syy += b * b;
     }
-    if sxx <= 0.0 || syy <= 0.0 {
+    if !(sxx > 0.0 && syy > 0.0) {
         return f64::NAN;
     }
     (sxy / (sxx.sqrt() * syy.sqrt())).clamp(-1.0, 1.0)

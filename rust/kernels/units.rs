@@ -18,10 +18,33 @@ use rayon::prelude::*;
 
 use crate::error::{KernelError, KernelResult};
 
-use super::mutual_info::{unit_mutual_info, MiOptions, MiScratch};
+use super::mutual_info::{
+    entropy_bits, mi_from_table, unit_mutual_info, Binning, MiOptions, MiScratch,
+};
 
-/// Units per dense block: 16 f32 = one 64-byte cache line of each row.
-pub const UNIT_BLOCK: usize = 16;
+/// Units per dense block: 64 f32 = four adjacent 64-byte cache lines of each row, so the
+/// strided reads of a block's transpose keep several memory requests in flight.
+pub const UNIT_BLOCK: usize = 64;
+
+/// How many rows ahead the dense transpose prefetches: rows lie a page or more apart, beyond
+/// the reach of the hardware prefetcher.
+const PREFETCH_ROWS: usize = 8;
+
+/// Hint the cache to load `acts[start..start + len]` (no effect past the end or off x86-64).
+#[inline(always)]
+fn prefetch_row_segment(acts: &[f32], start: usize, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if start + len <= acts.len() {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        for off in (0..len).step_by(16) {
+            // SAFETY: `start + off < acts.len()`, so the address is inside the slice; a
+            // prefetch never faults and does not change memory.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(acts.as_ptr().add(start + off) as *const i8) };
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (acts, start, len);
+}
 
 /// Records per chunk when grouping long-format records by unit.
 const GROUP_CHUNK: usize = 1 << 20;
@@ -179,6 +202,93 @@ fn selectivity_of(
     Ok((si, best as i64))
 }
 
+/// Running sums of one unit, accumulated in sample order (the same operations, in the same
+/// order, in the column and the row-wise paths, so both give bit-identical results).
+struct Moments {
+    n: u64,
+    counts: Vec<u64>,
+    sums: Vec<f64>,
+    pos_sums: Vec<f64>,
+    x0: f64,
+    s1: f64,
+    s2: f64,
+    lo: f32,
+    hi: f32,
+    active: u64,
+}
+
+fn empty_row(k: usize) -> UnitRow {
+    UnitRow {
+        n: 0,
+        counts: vec![0; k],
+        means: vec![f64::NAN; k],
+        mean: f64::NAN,
+        std: f64::NAN,
+        min: f64::NAN,
+        max: f64::NAN,
+        active: f64::NAN,
+        si: f64::NAN,
+        preferred: -1,
+        mi: f64::NAN,
+        mi_shuffled: f64::NAN,
+        class_entropy: f64::NAN,
+    }
+}
+
+fn non_finite(unit: usize, x: f32, sample: usize) -> KernelError {
+    KernelError::Value(format!(
+        "unit {unit} has a non-finite activity ({x}) at sample {sample}: drop or impute NaN \
+         and inf values first"
+    ))
+}
+
+/// Means, moments and selectivity of one unit from its sums (`m.n > 0`).
+fn finish_unit(unit: usize, m: Moments, opts: &SummaryOptions) -> KernelResult<UnitRow> {
+    let k = opts.n_classes;
+    let nf = m.n as f64;
+    let var = (m.s2 / nf - (m.s1 / nf) * (m.s1 / nf)).max(0.0);
+    let means: Vec<f64> = m
+        .sums
+        .iter()
+        .zip(&m.counts)
+        .map(|(&s, &c)| if c > 0 { s / c as f64 } else { f64::NAN })
+        .collect();
+    let (si, preferred) = match opts.selectivity {
+        None => (f64::NAN, -1),
+        Some(policy) => {
+            if let Some(missing) = m.counts.iter().position(|&c| c == 0) {
+                return Err(KernelError::Value(format!(
+                    "unit {unit} has no samples of class {missing}: every class 0..{} needs \
+                     samples (relabel the classes or set the number of classes)",
+                    k - 1
+                )));
+            }
+            let pos_means: Vec<f64> = m
+                .pos_sums
+                .iter()
+                .zip(&m.counts)
+                .map(|(&s, &c)| s / c as f64)
+                .collect();
+            selectivity_of(unit, &means, &pos_means, m.lo as f64, policy)?
+        }
+    };
+    Ok(UnitRow {
+        n: m.n,
+        counts: m.counts,
+        means,
+        mean: m.x0 + m.s1 / nf,
+        std: var.sqrt(),
+        min: m.lo as f64,
+        max: m.hi as f64,
+        active: m.active as f64 / nf,
+        si,
+        preferred,
+        mi: f64::NAN,
+        mi_shuffled: f64::NAN,
+        class_entropy: f64::NAN,
+    })
+}
+
 /// All statistics of one unit from its contiguous activity and labels (labels in range).
 fn summarize_column(
     unit: usize,
@@ -188,98 +298,186 @@ fn summarize_column(
     scratch: &mut MiScratch,
 ) -> KernelResult<UnitRow> {
     let k = opts.n_classes;
-    let n = values.len();
-    if n == 0 {
-        return Ok(UnitRow {
-            n: 0,
-            counts: vec![0; k],
-            means: vec![f64::NAN; k],
-            mean: f64::NAN,
-            std: f64::NAN,
-            min: f64::NAN,
-            max: f64::NAN,
-            active: f64::NAN,
-            si: f64::NAN,
-            preferred: -1,
-            mi: f64::NAN,
-            mi_shuffled: f64::NAN,
-            class_entropy: f64::NAN,
-        });
+    if values.is_empty() {
+        return Ok(empty_row(k));
     }
-    let mut counts = vec![0u64; k];
-    let mut sums = vec![0f64; k];
-    let mut pos_sums = vec![0f64; k];
-    // Sums shifted by the first value keep the variance accurate when |mean| >> std.
-    let x0 = values[0] as f64;
-    let (mut s1, mut s2) = (0f64, 0f64);
-    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-    let mut active = 0u64;
+    let mut m = Moments {
+        n: values.len() as u64,
+        counts: vec![0u64; k],
+        sums: vec![0f64; k],
+        pos_sums: vec![0f64; k],
+        // Sums shifted by the first value keep the variance accurate when |mean| >> std.
+        x0: values[0] as f64,
+        s1: 0.0,
+        s2: 0.0,
+        lo: f32::INFINITY,
+        hi: f32::NEG_INFINITY,
+        active: 0,
+    };
     for (i, (&x, &c)) in values.iter().zip(labels).enumerate() {
         if !x.is_finite() {
-            return Err(KernelError::Value(format!(
-                "unit {unit} has a non-finite activity ({x}) at sample {i}: drop or impute NaN \
-                 and inf values first"
-            )));
+            return Err(non_finite(unit, x, i));
         }
         let c = c as usize;
         let xf = x as f64;
-        counts[c] += 1;
-        sums[c] += xf;
-        pos_sums[c] += xf.max(0.0);
-        let d = xf - x0;
-        s1 += d;
-        s2 += d * d;
-        lo = lo.min(x);
-        hi = hi.max(x);
-        active += (x > 0.0) as u64;
+        m.counts[c] += 1;
+        m.sums[c] += xf;
+        m.pos_sums[c] += xf.max(0.0);
+        let d = xf - m.x0;
+        m.s1 += d;
+        m.s2 += d * d;
+        m.lo = m.lo.min(x);
+        m.hi = m.hi.max(x);
+        m.active += (x > 0.0) as u64;
     }
-    let nf = n as f64;
-    let var = (s2 / nf - (s1 / nf) * (s1 / nf)).max(0.0);
-    let means: Vec<f64> = sums
-        .iter()
-        .zip(&counts)
-        .map(|(&s, &c)| if c > 0 { s / c as f64 } else { f64::NAN })
-        .collect();
-    let (si, preferred) = match opts.selectivity {
-        None => (f64::NAN, -1),
-        Some(policy) => {
-            if let Some(missing) = counts.iter().position(|&c| c == 0) {
-                return Err(KernelError::Value(format!(
-                    "unit {unit} has no samples of class {missing}: every class 0..{} needs \
-                     samples (relabel the classes or set the number of classes)",
-                    k - 1
-                )));
-            }
-            let pos_means: Vec<f64> = pos_sums
-                .iter()
-                .zip(&counts)
-                .map(|(&s, &c)| s / c as f64)
-                .collect();
-            selectivity_of(unit, &means, &pos_means, lo as f64, policy)?
-        }
-    };
-    let (mi, mi_shuffled, class_entropy) = match &opts.mutual_info {
-        None => (f64::NAN, f64::NAN, f64::NAN),
+    let (lo, hi) = (m.lo, m.hi);
+    let mut row = finish_unit(unit, m, opts)?;
+    if let Some(mo) = &opts.mutual_info {
+        let r = unit_mutual_info(
+            unit as u64,
+            values,
+            labels,
+            lo,
+            hi,
+            &row.counts,
+            mo,
+            scratch,
+        );
+        (row.mi, row.mi_shuffled, row.class_entropy) = (r.mi, r.shuffled, r.class_entropy);
+    }
+    Ok(row)
+}
+
+/// Largest per-block contingency table (cells) of the row-wise dense path.
+const ROW_PATH_MAX_CELLS: usize = 1 << 20;
+
+/// Whether a dense block can skip the transpose: equal-width (or no) MI without shuffles.
+fn row_path_applies(opts: &SummaryOptions) -> bool {
+    match &opts.mutual_info {
+        None => true,
         Some(mo) => {
-            let r = unit_mutual_info(unit as u64, values, labels, lo, hi, &counts, mo, scratch);
-            (r.mi, r.shuffled, r.class_entropy)
+            mo.binning == Binning::EqualWidth
+                && mo.shuffles == 0
+                && UNIT_BLOCK * mo.bins * opts.n_classes <= ROW_PATH_MAX_CELLS
         }
-    };
-    Ok(UnitRow {
-        n: n as u64,
-        counts,
-        means,
-        mean: x0 + s1 / nf,
-        std: var.sqrt(),
-        min: lo as f64,
-        max: hi as f64,
-        active: active as f64 / nf,
-        si,
-        preferred,
-        mi,
-        mi_shuffled,
-        class_entropy,
-    })
+    }
+}
+
+/// Dense block `u0..u0 + w`, row by row: a row shares one label, so every per-class update is
+/// a vector update across the block's units. Same per-unit operations as `summarize_column`.
+fn summarize_block_rows(
+    acts: &[f32],
+    n_units: usize,
+    u0: usize,
+    w: usize,
+    labels: &[u32],
+    opts: &SummaryOptions,
+) -> KernelResult<Vec<UnitRow>> {
+    let k = opts.n_classes;
+    let mut counts = vec![0u64; k];
+    let mut sums = vec![0f64; k * w];
+    let mut pos = vec![0f64; k * w];
+    let x0: Vec<f64> = acts[u0..u0 + w].iter().map(|&x| x as f64).collect();
+    let (mut s1, mut s2) = (vec![0f64; w], vec![0f64; w]);
+    let (mut lo, mut hi) = (vec![f32::INFINITY; w], vec![f32::NEG_INFINITY; w]);
+    let mut active = vec![0u64; w];
+    for (s, row) in acts.chunks_exact(n_units).enumerate() {
+        prefetch_row_segment(acts, (s + PREFETCH_ROWS) * n_units + u0, w);
+        let row = &row[u0..u0 + w];
+        let c = labels[s] as usize;
+        counts[c] += 1;
+        let sc = &mut sums[c * w..(c + 1) * w];
+        let pc = &mut pos[c * w..(c + 1) * w];
+        let (s1, s2, lo, hi, active, x0) = (
+            &mut s1[..w],
+            &mut s2[..w],
+            &mut lo[..w],
+            &mut hi[..w],
+            &mut active[..w],
+            &x0[..w],
+        );
+        for j in 0..w {
+            let x = row[j];
+            let xf = x as f64;
+            sc[j] += xf;
+            pc[j] += xf.max(0.0);
+            let d = xf - x0[j];
+            s1[j] += d;
+            s2[j] += d * d;
+            lo[j] = lo[j].min(x);
+            hi[j] = hi[j].max(x);
+            active[j] += (x > 0.0) as u64;
+        }
+    }
+    // A non-finite activity leaves a non-finite shifted sum (f32 sums cannot overflow f64);
+    // find the first one for the message.
+    for j in 0..w {
+        if !s1[j].is_finite() {
+            let (s, x) = acts
+                .chunks_exact(n_units)
+                .map(|r| r[u0 + j])
+                .enumerate()
+                .find(|(_, x)| !x.is_finite())
+                .unwrap_or((0, f32::NAN));
+            return Err(non_finite(u0 + j, x, s));
+        }
+    }
+    let n = labels.len() as u64;
+    let mut rows = Vec::with_capacity(w);
+    for j in 0..w {
+        let m = Moments {
+            n,
+            counts: counts.clone(),
+            sums: (0..k).map(|c| sums[c * w + j]).collect(),
+            pos_sums: (0..k).map(|c| pos[c * w + j]).collect(),
+            x0: x0[j],
+            s1: s1[j],
+            s2: s2[j],
+            lo: lo[j],
+            hi: hi[j],
+            active: active[j],
+        };
+        rows.push(finish_unit(u0 + j, m, opts)?);
+    }
+    if let Some(mo) = &opts.mutual_info {
+        // Second pass: equal-width bin codes (as in `bin_codes`) into one table per unit.
+        let bins = mo.bins;
+        let last = (bins - 1) as u32;
+        let base: Vec<f64> = lo.iter().map(|&v| v as f64).collect();
+        let scale: Vec<f64> = (0..w)
+            .map(|j| {
+                if hi[j] <= lo[j] {
+                    0.0
+                } else {
+                    bins as f64 / (hi[j] as f64 - lo[j] as f64)
+                }
+            })
+            .collect();
+        let mut tables = vec![0u64; w * bins * k];
+        let mut codes = vec![0u32; w];
+        for (s, row) in acts.chunks_exact(n_units).enumerate() {
+            prefetch_row_segment(acts, (s + PREFETCH_ROWS) * n_units + u0, w);
+            let row = &row[u0..u0 + w];
+            let c = labels[s] as usize;
+            for j in 0..w {
+                codes[j] = (((row[j] as f64 - base[j]) * scale[j]) as u32).min(last);
+            }
+            for (j, &b) in codes.iter().enumerate() {
+                tables[(j * bins + b as usize) * k + c] += 1;
+            }
+        }
+        for (j, row) in rows.iter_mut().enumerate() {
+            row.mi = mi_from_table(
+                &tables[j * bins * k..(j + 1) * bins * k],
+                bins,
+                k,
+                mo.miller_madow,
+            );
+            row.mi_shuffled = f64::NAN;
+            row.class_entropy = entropy_bits(&row.counts);
+        }
+    }
+    Ok(rows)
 }
 
 fn assemble(rows: Vec<UnitRow>, opts: &SummaryOptions) -> UnitSummary {
@@ -344,6 +542,12 @@ pub fn summarize_dense(
             n_samples
         )));
     }
+    if n_samples == 0 || n_units == 0 {
+        return Err(KernelError::Shape(format!(
+            "activity array is empty ({n_samples} samples x {n_units} units): give at least one \
+             of each"
+        )));
+    }
     let labels = check_labels(labels, opts.n_classes)?;
     let n_blocks = n_units.div_ceil(UNIT_BLOCK);
     let parts: Vec<KernelResult<Vec<UnitRow>>> = (0..n_blocks)
@@ -351,12 +555,15 @@ pub fn summarize_dense(
         .map(|b| {
             let u0 = b * UNIT_BLOCK;
             let width = UNIT_BLOCK.min(n_units - u0);
+            if row_path_applies(opts) {
+                return summarize_block_rows(acts, n_units, u0, width, &labels, opts);
+            }
             // Transpose the block once: each row contributes one contiguous segment.
             let mut cols = vec![0f32; width * n_samples];
-            for s in 0..n_samples {
-                let row = &acts[s * n_units + u0..s * n_units + u0 + width];
-                for (j, &x) in row.iter().enumerate() {
-                    cols[j * n_samples + s] = x;
+            for (s, row) in acts.chunks_exact(n_units).enumerate() {
+                prefetch_row_segment(acts, (s + PREFETCH_ROWS) * n_units + u0, width);
+                for (col, &x) in cols.chunks_exact_mut(n_samples).zip(&row[u0..u0 + width]) {
+                    col[s] = x;
                 }
             }
             let mut scratch = MiScratch::default();
@@ -507,7 +714,6 @@ unsafe impl<T> Send for SyncPtr<T> {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::mutual_info::Binning;
 
     fn opts(k: usize, mi: bool) -> SummaryOptions {
         SummaryOptions {
@@ -616,12 +822,16 @@ mod tests {
         assert!(summarize_long(&[0, 1], &[0, 1], &[1.0], 2, &o).is_err());
     }
 
+    /// Bit-for-bit equality that also matches NaN with NaN (Debug prints floats exactly).
+    fn assert_same(a: &UnitSummary, b: &UnitSummary) {
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+    }
+
     #[test]
     fn long_matches_dense_and_thread_count() {
-        let (n, u, k) = (40, 37, 4);
+        let (n, u, k) = (40, 137, 4);
         let (acts, labels) = data(n, u, k);
         let o = opts(k, true);
-        let dense = summarize_dense(&acts, n, u, &labels, &o).unwrap();
         // Records in unit-major order reversed, so grouping really has to reorder them.
         let mut units_l = Vec::new();
         let mut labels_l = Vec::new();
@@ -633,18 +843,31 @@ mod tests {
                 values_l.push(acts[s * u + unit]);
             }
         }
-        let long = summarize_long(&units_l, &labels_l, &values_l, u, &o).unwrap();
-        assert_eq!(dense, long);
-        for threads in [1, 3] {
-            let pool = rayon::ThreadPoolBuilder::new()
-                .num_threads(threads)
-                .build()
-                .unwrap();
-            let again = pool.install(|| summarize_dense(&acts, n, u, &labels, &o).unwrap());
-            assert_eq!(dense, again);
-            let again =
-                pool.install(|| summarize_long(&units_l, &labels_l, &values_l, u, &o).unwrap());
-            assert_eq!(dense, again);
+        // Row-wise dense path (no shuffles, equal width), column path (shuffles, equal
+        // frequency), no MI at all: all bit-identical to the long layout.
+        let mut variants = vec![o, opts(k, false)];
+        let mut row_path = o;
+        row_path.mutual_info.as_mut().unwrap().shuffles = 0;
+        row_path.mutual_info.as_mut().unwrap().miller_madow = true;
+        variants.push(row_path);
+        let mut freq = o;
+        freq.mutual_info.as_mut().unwrap().binning = Binning::EqualFrequency;
+        variants.push(freq);
+        for o in variants {
+            let dense = summarize_dense(&acts, n, u, &labels, &o).unwrap();
+            let long = summarize_long(&units_l, &labels_l, &values_l, u, &o).unwrap();
+            assert_same(&dense, &long);
+            for threads in [1, 3] {
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .build()
+                    .unwrap();
+                let again = pool.install(|| summarize_dense(&acts, n, u, &labels, &o).unwrap());
+                assert_same(&dense, &again);
+                let again =
+                    pool.install(|| summarize_long(&units_l, &labels_l, &values_l, u, &o).unwrap());
+                assert_same(&dense, &again);
+            }
         }
     }
 
@@ -655,5 +878,74 @@ mod tests {
         assert_eq!(s.n_samples, vec![2, 0, 2]);
         assert_eq!(s.preferred_class, vec![1, -1, 1]);
         assert!(s.selectivity[1].is_nan());
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn time_phases() {
+        let (n, u, k) = (10_000usize, 1000usize, 10usize);
+        let mut state = 1u64;
+        let acts: Vec<f32> = (0..n * u)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.3).max(0.0)
+            })
+            .collect();
+        let labels: Vec<i64> = (0..n).map(|s| (s * 7 % k) as i64).collect();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        for (name, o) in [
+            (
+                "si only",
+                SummaryOptions {
+                    n_classes: k,
+                    selectivity: Some(NegativePolicy::Error),
+                    mutual_info: None,
+                },
+            ),
+            (
+                "mi ew",
+                SummaryOptions {
+                    n_classes: k,
+                    selectivity: None,
+                    mutual_info: Some(MiOptions {
+                        bins: 10,
+                        binning: Binning::EqualWidth,
+                        miller_madow: false,
+                        shuffles: 0,
+                        seed: 0,
+                    }),
+                },
+            ),
+            (
+                "mi ef",
+                SummaryOptions {
+                    n_classes: k,
+                    selectivity: None,
+                    mutual_info: Some(MiOptions {
+                        bins: 10,
+                        binning: Binning::EqualFrequency,
+                        miller_madow: false,
+                        shuffles: 0,
+                        seed: 0,
+                    }),
+                },
+            ),
+        ] {
+            if std::env::var("PHASE").is_ok_and(|p| p != name) {
+                continue;
+            }
+            let t = std::time::Instant::now();
+            pool.install(|| summarize_dense(&acts, n, u, &labels, &o).unwrap());
+            eprintln!("{name}: {:?} (1 thread)", t.elapsed());
+        }
     }
 }
