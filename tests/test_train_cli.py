@@ -73,7 +73,7 @@ def test_train_command_end_to_end(tmp_path, monkeypatch, capsys):
     code, _, err = run_cli(
         monkeypatch, capsys, *BASE, "--epochs", "1", "--quiet", "--out", str(out)
     )
-    assert code == 2 and "different epochs" in err and "--no-resume" in err
+    assert code == 2 and "different batchnorm, corrupt" in err and "--no-resume" in err
 
 
 def test_quiet_prints_the_checkpoint_path(tmp_path, monkeypatch, capsys):
