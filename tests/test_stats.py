@@ -331,6 +331,10 @@ def test_file_in_batches_equals_one_pass(tmp_path):
     whole = sd.stats_from_activations(path)
     batched = sd.stats_from_activations(path, batch_rows=450)
     assert whole.equals(batched)
+    for dtype in (pl.Categorical, pl.Enum(["l", "m"])):
+        typed = pl.scan_parquet(path).with_columns(pl.col("layer").cast(dtype))
+        assert sd.stats_from_activations(typed).equals(whole)
+        assert sd.stats_from_activations(typed, batch_rows=450).equals(whole)
     assert whole.height == 32
     assert whole.group_by("layer", maintain_order=True).len()["len"].to_list() in ([23, 9], [9, 23])
 

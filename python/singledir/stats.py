@@ -546,17 +546,30 @@ def stats_from_activations(
     if k < 2:
         raise InputError(f"need at least 2 classes, got {k}: check the labels")
 
+    columns = ("unit", "label", "activation")
+    # A table within the budget is read once more, whole; a larger one layer by layer and in
+    # batches of whole units (one filtered scan each).
+    in_memory: dict[Any, pl.DataFrame] | None = None
+    if int(overview["rows"].sum()) <= batch_rows:
+        whole = _collect(lf.select("layer", *columns), where)
+        in_memory = {
+            key[0]: part for key, part in whole.partition_by("layer", as_dict=True).items()
+        }
+        del whole
     pieces: list[pl.DataFrame] = []
     for row in overview.iter_rows(named=True):
         layer, span = row["layer"], int(row["unit_max"]) + 1
         per_unit = max(1, math.ceil(row["rows"] / span))
-        step = max(1, batch_rows // per_unit)
+        step = span if in_memory is not None else max(1, batch_rows // per_unit)
         for lo in range(0, span, step):
             hi = min(span, lo + step)
-            sel = pl.col("layer") == layer
-            if step < span:
-                sel = sel & pl.col("unit").is_between(lo, hi - 1)
-            part = _collect(lf.filter(sel).select("unit", "label", "activation"), where)
+            if in_memory is not None:
+                part = in_memory.pop(layer).select(columns)
+            else:
+                sel = pl.col("layer") == layer
+                if step < span:
+                    sel = sel & pl.col("unit").is_between(lo, hi - 1)
+                part = _collect(lf.filter(sel).select(columns), where)
             if part.height == 0:
                 continue
             units = part["unit"].to_numpy().astype(np.int64) - lo
