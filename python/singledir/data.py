@@ -548,12 +548,12 @@ def _digits(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _normalize(key: str, x: np.ndarray) -> torch.Tensor:
     mean, std = _NORM[key]
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    if x.dtype == np.uint8:
-        t = t / 255.0
+    scale = 1.0 / 255.0 if x.dtype == np.uint8 else 1.0
+    t = torch.from_numpy(np.ascontiguousarray(x)).to(torch.float32)
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-    return ((t - m) / s).contiguous()
+    # (x * scale - m) / s, computed in place on the one float copy.
+    return t.mul_(scale).sub_(m).div_(s).contiguous()
 
 
 def _subset_indices(n: int, size: int | None, seed: int, what: str) -> np.ndarray:
