@@ -258,3 +258,33 @@ def test_mlp_memorizes_random_labels(tmp_path):
     _, true_acc = reference_eval(ck.model, train_data.x, train_data.true_y)
     assert train_acc > 0.6  # chance is 0.1: the random labels were learned by heart
     assert test_acc < 0.2 and true_acc < 0.2  # and nothing that generalizes
+
+
+def test_training_on_an_imagefolder_tree(tmp_path):
+    from PIL import Image
+
+    colors = [(230, 20, 20), (20, 230, 20), (20, 20, 230)]
+    for split, n in (("train", 6), ("val", 2)):
+        for c, color in enumerate(colors):
+            for i in range(n):
+                path = tmp_path / "imagenet" / split / f"class{c}" / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (12, 10), color).save(path)
+    cfg = {
+        **FAST,
+        "dataset": "imagenet",
+        "data_dir": str(tmp_path),
+        "image_size": 8,
+        "num_workers": 0,
+        "epochs": 15,
+        "batch_size": 6,
+        "lr": 1e-2,
+        "corrupt": 0.5,
+    }
+    res = train(cfg, tmp_path / "run", progress=False)
+    ck = load_checkpoint(res.checkpoint)
+    assert ck.config["in_shape"] == [3, 8, 8] and ck.config["num_classes"] == 3
+    assert ck.meta["num_train"] == 18 and ck.meta["corrupt"] == 0.5
+    assert res.metrics.height == 15
+    # Colors are trivially separable: the test split (never corrupted) is learned.
+    assert res.final["test_acc"] == 1.0

@@ -101,6 +101,8 @@ class TrainConfig:
         epoch (exact); ``running``: the mean over the epoch's batches in train mode (free).
     download, num_workers:
         Let torchvision download missing data; DataLoader workers (ImageNet only).
+    image_size:
+        ImageNet only: side of the square crop (default 224).
     threads:
         CPU threads torch may use during the run (``None``: leave torch's setting). One thread
         per process is fastest for small nets on a busy machine or in a process pool.
@@ -135,6 +137,7 @@ class TrainConfig:
     download: bool = False
     num_workers: int = 4
     threads: int | None = None
+    image_size: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -177,7 +180,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "eval_batch_size"):
             if int(getattr(self, name)) < (0 if name == "epochs" else 1):
                 raise ConfigError(f"{name} {getattr(self, name)} must be a positive integer")
-        for name in ("train_size", "test_size", "threads"):
+        for name in ("train_size", "test_size", "threads", "image_size"):
             v = getattr(self, name)
             if v is not None and int(v) < 1:
                 raise ConfigError(f"{name} {v} must be a positive integer (or omitted for all)")
@@ -481,6 +484,7 @@ def train(
         corrupt_seed=cfg.corrupt_seed,
         download=cfg.download,
         num_workers=cfg.num_workers,
+        image_size=cfg.image_size,
     )
     test_data = load_dataset(
         cfg.dataset,
@@ -490,6 +494,7 @@ def train(
         seed=cfg.data_seed,
         download=cfg.download,
         num_workers=cfg.num_workers,
+        image_size=cfg.image_size,
     )
     if isinstance(train_data, LabeledData):
         train_data = train_data.to(device)

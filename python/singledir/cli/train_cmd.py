@@ -54,6 +54,8 @@ def train_command(
         None, help="Folder with the data files (else $SINGLEDIR_DATA)."
     ),
     download: bool = typer.Option(False, help="Download missing data through torchvision."),
+    image_size: int | None = typer.Option(None, help="ImageNet crop side (default 224)."),
+    num_workers: int = typer.Option(4, help="ImageNet DataLoader worker processes."),
     seed: int = typer.Option(0, help="Seed of initialization, batch order and dropout."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: int | None = typer.Option(
@@ -100,6 +102,8 @@ def train_command(
         threads=threads,
         train_metrics=train_metrics,
         download=download,
+        image_size=image_size,
+        num_workers=num_workers,
     )
 
     def show_epoch(row: dict[str, float]) -> None:
