@@ -109,14 +109,45 @@ pub fn bin_codes(
         Binning::EqualFrequency => {
             sort_buf.clear();
             sort_buf.extend_from_slice(values);
-            sort_buf.sort_unstable_by(f32::total_cmp);
             let n = values.len();
-            let edges: Vec<f32> = (1..bins).map(|k| sort_buf[k * n / bins]).collect();
+            let ranks: Vec<usize> = (1..bins).map(|k| k * n / bins).collect();
+            let mut edges = vec![0f32; ranks.len()];
+            order_statistics(sort_buf, 0, &ranks, &mut edges);
             for &x in values {
                 out.push(edges.partition_point(|&e| e <= x) as u32);
             }
         }
     }
+}
+
+/// `out[i]` = the value of rank `ranks[i] - offset` in `buf` (ranks ascending), found by
+/// recursive selection: O(n log(ranks)) instead of a full sort. The values equal those of a
+/// sorted copy, whatever the order `buf` is left in.
+fn order_statistics(buf: &mut [f32], offset: usize, ranks: &[usize], out: &mut [f32]) {
+    if ranks.is_empty() {
+        return;
+    }
+    let mid = ranks.len() / 2;
+    let r = ranks[mid] - offset;
+    let (left, nth, right) = buf.select_nth_unstable_by(r, f32::total_cmp);
+    out[mid] = *nth;
+    let (out_left, out_right) = out.split_at_mut(mid);
+    // Ranks equal to r (repeated when n < bins) are answered by `nth` as well.
+    let lower = ranks[..mid].partition_point(|&q| q - offset < r);
+    for o in &mut out_left[lower..] {
+        *o = out_right[0];
+    }
+    order_statistics(left, offset, &ranks[..lower], &mut out_left[..lower]);
+    let upper = ranks[mid + 1..].partition_point(|&q| q - offset == r);
+    for o in &mut out_right[1..1 + upper] {
+        *o = *nth;
+    }
+    order_statistics(
+        right,
+        offset + r + 1,
+        &ranks[mid + 1 + upper..],
+        &mut out_right[1 + upper..],
+    );
 }
 
 /// Entropy in bits of a count vector.
@@ -295,6 +326,29 @@ mod tests {
         let c = codes(&zeros, 3, Binning::EqualFrequency);
         assert_eq!(&c[..4], &[c[0]; 4]);
         assert!(c[4] > c[0] && c[5] >= c[4]);
+    }
+
+    #[test]
+    fn order_statistics_match_a_sort() {
+        let mut state = 7u64;
+        for n in [1usize, 2, 3, 5, 9, 10, 17, 100, 1000] {
+            for bins in [2usize, 3, 7, 10, 64] {
+                let values: Vec<f32> = (0..n)
+                    .map(|_| {
+                        state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+                        ((state >> 59) as f32) - 8.0 // many ties
+                    })
+                    .collect();
+                let mut sorted = values.clone();
+                sorted.sort_by(f32::total_cmp);
+                let ranks: Vec<usize> = (1..bins).map(|k| k * n / bins).collect();
+                let expect: Vec<f32> = ranks.iter().map(|&r| sorted[r]).collect();
+                let mut buf = values.clone();
+                let mut got = vec![f32::NAN; ranks.len()];
+                order_statistics(&mut buf, 0, &ranks, &mut got);
+                assert_eq!(got, expect, "n={n} bins={bins}");
+            }
+        }
     }
 
     #[test]
