@@ -288,3 +288,18 @@ def test_training_on_an_imagefolder_tree(tmp_path):
     assert res.metrics.height == 15
     # Colors are trivially separable: the test split (never corrupted) is learned.
     assert res.final["test_acc"] == 1.0
+
+
+def _train_in_worker(out_dir: str) -> list[float]:
+    res = train({**FAST, "epochs": 2}, out_dir, progress=False)
+    return res.metrics["test_acc"].to_list()
+
+
+def test_train_runs_in_a_spawned_worker_process(tmp_path):
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    here = train({**FAST, "epochs": 2}, tmp_path / "here", progress=False)
+    with ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        there = pool.submit(_train_in_worker, str(tmp_path / "there")).result(timeout=300)
+    assert there == here.metrics["test_acc"].to_list()

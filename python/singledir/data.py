@@ -36,7 +36,7 @@ import io
 import os
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,6 @@ class LabeledData:
     seed: int = 0
     indices: torch.Tensor | None = None
     replaced: torch.Tensor | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])

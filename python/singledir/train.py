@@ -413,7 +413,7 @@ def _check_previous(out_dir: Path, cfg: TrainConfig) -> None:
     if diff:
         raise ConfigError(
             f"{str(out_dir)!r} holds a run with different {', '.join(diff)}: "
-            "choose another --out, or pass --no-resume to overwrite it"
+            "choose another --out, or pass --no-resume (resume=False) to overwrite it"
         )
 
 
@@ -580,7 +580,7 @@ def _run(
         if _comparable(state.get("config", {})) != _comparable(cfg.to_dict()):
             raise ConfigError(
                 f"{str(resume_path)!r} belongs to a different run: choose another --out "
-                "or pass --no-resume"
+                "or pass --no-resume (resume=False)"
             )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
