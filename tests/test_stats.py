@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import polars as pl
@@ -559,3 +560,31 @@ def test_ordering_bad_input():
         sd.level_mean_std([1.0, 2.0])
     with pytest.raises(InputError, match="more than 1 row"):
         sd.level_mean_std([[1.0, 2.0]], ddof=1)
+
+
+def test_gil_is_released_during_kernels():
+    # While a kernel runs in a worker thread, the main thread keeps executing Python: it could
+    # not if the kernel held the GIL.
+    import threading
+
+    rng = np.random.default_rng(3)
+    a = rng.random((4000, 400)).astype(np.float32)
+    y = np.arange(4000) % 10
+    started = threading.Event()
+
+    def work():
+        started.set()
+        for _ in range(3):
+            _core.dense_unit_summary(a, y, 10, binning="equal_frequency", shuffles=5)
+
+    worker = threading.Thread(target=work)
+    worker.start()
+    started.wait()
+    t0 = time.perf_counter()
+    spins = 0
+    while worker.is_alive():
+        spins += 1
+    elapsed = time.perf_counter() - t0
+    worker.join()
+    # Measured here: ~600k spins/s with the GIL released, ~10k/s behind a call holding it.
+    assert spins / elapsed > 100_000
