@@ -11,7 +11,9 @@ Formats
 - ``digits``: scikit-learn's bundled 8x8 digits (1797 images, always present) with a fixed
   stratified 75/25 train/test split (:data:`DIGITS_SPLIT_SEED`).
 - ``mnist``, ``fashion-mnist``: IDX files (``train-images-idx3-ubyte`` ...), gzip or not, in a
-  flat folder or torchvision's ``MNIST/raw/`` (``FashionMNIST/raw/``) layout.
+  flat folder or torchvision's ``MNIST/raw/`` (``FashionMNIST/raw/``) layout. Both sets use the
+  same file names, so a flat folder given directly is read for either: keep Fashion-MNIST in
+  ``fashion-mnist/`` or ``FashionMNIST/raw/`` under the data root.
 - ``cifar10``: the python pickle batches of ``cifar-10-batches-py``, read with a restricted
   unpickler that only rebuilds NumPy arrays (a pickle naming any other code is refused).
 - ``imagenet``: an ImageFolder tree with ``train/`` and ``val/`` subfolders; resize, crop and
