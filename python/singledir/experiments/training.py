@@ -42,7 +42,9 @@ def plan(s: Settings) -> list[dict[str, Any]]:
         make_spec(
             f"seed{seed}",
             {"seed": seed},
-            train_config(s, seed=seed, snapshot_every=s.snapshot_every),
+            train_config(
+                s, seed=seed, snapshot_every=s.snapshot_every, corrupt=s.corrupt, corrupt_seed=seed
+            ),
             analysis_params(s),
         )
         for seed in seeds_of(s)
@@ -172,7 +174,8 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         title=TITLE,
         description=(
             f"{len(records)} net(s) ({s.model} on {s.dataset}, {s.train_size or 'all'} training "
-            f"samples, {s.epochs} epochs) with a snapshot every {s.snapshot_every} epochs; "
+            f"samples, {fmt(s.corrupt * 100, 0)}% of labels corrupted, {s.epochs} epochs) with "
+            f"a snapshot every {s.snapshot_every} epochs; "
             f"cumulative ablation of each snapshot on the training set ({s.orderings} "
             "orderings)."
         ),
