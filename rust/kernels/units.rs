@@ -947,5 +947,17 @@ mod timing {
             pool.install(|| summarize_dense(&acts, n, u, &labels, &o).unwrap());
             eprintln!("{name}: {:?} (1 thread)", t.elapsed());
         }
+        if std::env::var("PHASE").is_ok_and(|p| p == "long") {
+            let units: Vec<i64> = (0..n * u).map(|i| (i % u) as i64).collect();
+            let long_labels: Vec<i64> = (0..n * u).map(|i| labels[i / u]).collect();
+            let o = SummaryOptions {
+                n_classes: k,
+                selectivity: Some(NegativePolicy::Error),
+                mutual_info: None,
+            };
+            let t = std::time::Instant::now();
+            pool.install(|| summarize_long(&units, &long_labels, &acts, u, &o).unwrap());
+            eprintln!("long: {:?} (1 thread)", t.elapsed());
+        }
     }
 }
