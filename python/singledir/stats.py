@@ -255,9 +255,13 @@ def mutual_information(
     bins : int
         Number of bins per unit (default 10; see the module docstring for why).
     binning : {"equal_width", "equal_frequency"}
-        Equal-width bins between the unit's min and max, or quantile bins (ties share a bin).
+        Equal width: ``bin = min(floor((x - min) * (bins / (max - min))), bins - 1)`` in
+        float64 (a constant unit has one bin). Equal frequency: with ``s`` the sorted activity
+        of the unit's ``n`` samples, edges ``s[k * n // bins]`` for ``k = 1..bins-1`` and
+        ``bin = #{edges <= x}``, so equal values share a bin.
     bias_correction : bool
-        Apply the Miller-Madow correction (the result may then dip slightly below 0).
+        Apply the Miller-Madow correction, ``- (cells - bins_used - classes_used + 1) /
+        (2 N ln 2)`` over non-empty cells (the result may then dip slightly below 0).
     shuffle_baseline : int
         If > 0, subtract the mean MI over this many shuffles of the labels (each unit gets its
         own permutations, a function of ``seed``, the unit index and the repetition only).
