@@ -28,12 +28,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ import torch
 from singledir.ablation import ablation_curves, unit_importance
 from singledir.data import load_dataset
 from singledir.models import MLP, ConvNet11
-from singledir.sites import ablation_hooks, site_specs
+from singledir.sites import site_specs
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -144,10 +144,23 @@ def engine_orderings(n_units: int, orderings: int, seed: int) -> list[np.ndarray
     return [p.numpy() for p in perms]
 
 
-@dataclass
-class Row:
-    name: str
-    values: dict[str, Any] = field(default_factory=dict)
+@contextlib.contextmanager
+def naive_hooks(model: nn.Module, masks: dict[str, torch.Tensor]) -> Iterator[None]:
+    """The hand-written reference: forward hooks that zero the masked units (channels of a
+    feature map at every position) of each site; removed on exit."""
+    handles = []
+    try:
+        for site, mask in masks.items():
+            keep = (~mask).float()
+
+            def hook(_m: nn.Module, _i: Any, out: torch.Tensor, keep: torch.Tensor = keep) -> Any:
+                return out * keep.view(1, -1, *([1] * (out.ndim - 2)))
+
+            handles.append(model.get_submodule(site).register_forward_hook(hook))
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def fmt_s(t: float) -> str:
@@ -191,14 +204,14 @@ def curves_vs_naive(
     max_acc_diff, max_loss_rel = 0.0, 0.0
     t0 = time.perf_counter()
     for o, k in pairs:
-        with ablation_hooks(model, site_masks(perms[o], k, units)):
+        with naive_hooks(model, site_masks(perms[o], k, units)):
             correct, loss = full_batch_accuracy_loss(model, x, y)
         acc_ref, loss_ref = correct / x.shape[0], loss / x.shape[0]
         acc, ls = lookup[(o, k)]
         max_acc_diff = max(max_acc_diff, abs(acc - acc_ref))
         max_loss_rel = max(max_loss_rel, abs(ls - loss_ref) / max(abs(loss_ref), 1e-12))
     t_naive_per = (time.perf_counter() - t0) / len(pairs)
-    with ablation_hooks(model, site_masks(perms[0], 0, units)):
+    with naive_hooks(model, site_masks(perms[0], 0, units)):
         flops_naive_per = count_flops(lambda: full_batch_accuracy_loss(model, x, y))
     t_naive = t_naive_per * n_masks
     return {

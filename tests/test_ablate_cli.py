@@ -228,6 +228,34 @@ def test_ablate_order_by_selectivity_matches_library(
     assert got.filter(pl.col("n_ablated") == 1)["accuracy"][0] == pytest.approx(acc1, abs=1e-9)
 
 
+@pytest.mark.parametrize("by", ["mutual_info", "importance"])
+def test_ablate_order_by_scores_computed_on_the_fly(
+    by: str, ckpts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from singledir.ablation import ablation_curves, unit_importance
+    from singledir.activations import record_activation_arrays
+    from singledir.stats import mutual_information
+
+    out = tmp_path / "c.parquet"
+    argv = ["ablate", str(ckpts["mlp"]), "--layers", "all", "--order", "ascending", "--by", by]
+    code, _, err = _run([*argv, "--split", "test", "--out", str(out), "--no-plot"], capsys)
+    assert code == 0, err
+    model, data = _model_and_data(ckpts["mlp"], "test")
+    if by == "mutual_info":
+        arrays, labels = record_activation_arrays(model, data, "all", progress=False)
+        scores = np.concatenate(
+            [mutual_information(arrays[s], labels, num_classes=10) for s in ("relu1", "relu2")]
+        )
+    else:
+        table = unit_importance(model, data, "all", progress=False)
+        scores = table["accuracy_drop"].to_numpy()  # rows in forward order, unit order
+    ref = ablation_curves(model, data, "all", order="ascending", scores=scores, progress=False)
+    got = pl.read_parquet(out).sort("n_ablated")
+    np.testing.assert_allclose(
+        got["accuracy"].to_numpy(), ref.sort("n_ablated")["accuracy"].to_numpy()
+    )
+
+
 def test_ablate_order_by_units_table_column(
     ckpts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

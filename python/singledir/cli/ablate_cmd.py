@@ -329,8 +329,11 @@ def _scores_on_the_fly(
     arrays, labels = record_activation_arrays(
         loaded.model, loaded.data, sites, batch_size=batch_size, device=device, progress=progress
     )
+    n_classes = getattr(loaded.data, "num_classes", None)
     fn = class_selectivity if kind == "selectivity" else mutual_information
-    return {s: np.asarray(fn(arrays[s], labels), dtype=np.float64) for s in sites}
+    return {
+        s: np.asarray(fn(arrays[s], labels, num_classes=n_classes), dtype=np.float64) for s in sites
+    }
 
 
 def _order_scores(
