@@ -136,12 +136,13 @@ def run_noise(
     return df, auc
 
 
-def auc_value(curves: pl.DataFrame) -> float:
-    """Area under the mean cumulative ablation curve (accuracy against fraction ablated)."""
+def auc_value(curves: pl.DataFrame, relative: bool = False) -> float:
+    """Area under the cumulative ablation curve (accuracy against fraction ablated), the
+    mean over orderings; ``relative`` divides each curve by its unablated accuracy."""
     from singledir.ablation import ablation_auc
 
-    value = ablation_auc(curves)
-    return float(value)
+    value = ablation_auc(curves, relative=relative)
+    return float(value)  # type: ignore[arg-type]
 
 
 def summarize_by(df: pl.DataFrame, group: str | list[str], x: str, y: str) -> pl.DataFrame:

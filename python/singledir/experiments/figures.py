@@ -170,7 +170,7 @@ def training_figure(
         )
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss")
-    ax2.set_ylabel("area under ablation curve")
+    ax2.set_ylabel("area under ablation curve (relative)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     h1, l1 = ax.get_legend_handles_labels()
