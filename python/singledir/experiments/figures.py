@@ -200,7 +200,7 @@ def distribution_figure(
         v = v[np.isfinite(v)]
         ax.hist(
             v,
-            bins=edges,
+            bins=list(edges),
             density=True,
             alpha=0.5,
             color=color,

@@ -351,7 +351,7 @@ def final_metrics(train_result: Any) -> dict[str, float]:
     """Last epoch's train/test loss and accuracy, and the generalization gap."""
     metrics: pl.DataFrame = train_result.metrics
     last = metrics.sort("epoch").row(-1, named=True)
-    out = {
+    out: dict[str, float] = {
         k: float(last[k])
         for k in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")
         if k in last

@@ -130,10 +130,10 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         picks = selection_stats(runs)
         write_table(picks, out_dir / "selection.parquet")
         n_settings = int(picks["settings"][0])
-        rates = {k: float(picks[f"top{k}"].mean()) for k in TOP_K}
-        chance = {k: float(picks[f"chance_top{k}"].mean()) for k in TOP_K}
+        rates = {k: float(picks[f"top{k}"].to_numpy().mean()) for k in TOP_K}
+        chance = {k: float(picks[f"chance_top{k}"].to_numpy().mean()) for k in TOP_K}
         gap = picks["gap"].to_numpy() * 100
-        random_gap = float(picks["random_gap"].mean()) * 100
+        random_gap = float(picks["random_gap"].to_numpy().mean()) * 100
         ok = bool(gap.mean() < random_gap) if picks.height else None
         main = Claim(
             figure=FIGURE,
