@@ -40,6 +40,9 @@ from singledir.train import TrainConfig, TrainResult, evaluate
 # isort: split
 # --- ablation engine ---
 # --- experiments and reports ---
+from singledir.executors import make_executor
+from singledir.experiments import EXPERIMENT_NAMES, resolve_settings, run_experiment
+from singledir.report import Claim, Section, write_report
 
 __version__ = "0.1.0"
 
@@ -80,4 +83,11 @@ __all__ = [
     "evaluate",
     # --- ablation engine ---
     # --- experiments and reports ---
+    "run_experiment",
+    "resolve_settings",
+    "EXPERIMENT_NAMES",
+    "make_executor",
+    "Claim",
+    "Section",
+    "write_report",
 ]
