@@ -33,16 +33,32 @@ def _register() -> None:
 
 
 def main() -> None:
-    """Entry point of the `singledir` script."""
+    """Entry point of the `singledir` script: every outcome ends in ``sys.exit``.
+
+    Click runs outside its standalone mode so that errors, Ctrl-C included, reach the handlers
+    below and each becomes one line on stderr with a non-zero exit, never a traceback.
+    """
     _register()
     try:
-        app()
+        result = app(standalone_mode=False)
+    except typer.Exit as exc:  # --help and friends
+        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: Typer's own message and usage line
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            _err.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        _err.print(
+            "[bold red]interrupted:[/] nothing half-written was kept; "
+            "run the same command again to resume"
+        )
+        sys.exit(130)
     except SingledirError as exc:
         _err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _err.print("[bold red]interrupted:[/] run the same command again to resume")
-        sys.exit(130)
     except Exception as exc:  # last resort: still one line, no traceback
         if os.environ.get("SINGLEDIR_DEBUG"):
             raise
@@ -53,3 +69,4 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)
