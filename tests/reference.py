@@ -19,9 +19,7 @@ def as_double(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).double().eval()
 
 
-def _hooked_forward(
-    model: nn.Module, x: torch.Tensor, edits: dict[str, object]
-) -> torch.Tensor:
+def _hooked_forward(model: nn.Module, x: torch.Tensor, edits: dict[str, object]) -> torch.Tensor:
     modules = dict(model.named_modules())
     handles = []
     try:

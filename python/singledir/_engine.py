@@ -256,7 +256,9 @@ class FxRunner(Runner):
             raise SiteError("sites are not in forward order")
         later = self.nodes[self.cut + 1 :]
         self.live = [
-            n for n in self.nodes[: self.cut + 1] if any(u in later for u in n.users) or n is self.nodes[self.cut]
+            n
+            for n in self.nodes[: self.cut + 1]
+            if any(u in later for u in n.users) or n is self.nodes[self.cut]
         ]
 
     def _interp(self) -> Any:
@@ -399,19 +401,16 @@ def setup(
 def score(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Correct counts (int64) and summed cross-entropy (float64) per stacked mask, for
     ``logits`` of shape ``(M, B, C)`` and labels ``(B,)``."""
-    lg = logits.double()
-    correct = (lg.argmax(-1) == y).sum(-1)
-    lse = torch.logsumexp(lg, -1)
-    picked = lg.gather(-1, y.view(1, -1, 1).expand(lg.shape[0], -1, 1)).squeeze(-1)
-    return correct.long().cpu(), (lse - picked).sum(-1).cpu()
+    return score_mcb(logits.transpose(1, 2).contiguous(), y)
 
 
 def score_per_class(
     logits: torch.Tensor, y: torch.Tensor, n_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """As :func:`score` plus correct counts per class ``(M, n_classes)``."""
-    correct, loss = score(logits, y)
-    hit = (logits.double().argmax(-1) == y).double()
+    hit_out: list[torch.Tensor] = []
+    correct, loss = score_mcb(logits.transpose(1, 2).contiguous(), y, hit_out)
+    hit = hit_out[0].double()  # (M, B)
     per = torch.zeros(hit.shape[0], n_classes, dtype=torch.float64, device=hit.device)
     per.index_add_(1, y, hit)
     return correct, loss, per.round().long().cpu()
@@ -435,9 +434,7 @@ def unit_fill(specs: Sequence[SiteSpec], means: list[torch.Tensor] | None, value
     raise InputError(f"unknown ablation value {value!r}: choose zero or mean")
 
 
-def unit_moments(
-    setup_: Setup, runner: Runner
-) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def unit_moments(setup_: Setup, runner: Runner) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Mean and standard deviation (population) of every unit's activity over the data,
     per site: for conv sites over samples and spatial positions. Accumulated in float64."""
     sums = [torch.zeros(s.n_units, dtype=torch.float64, device=setup_.device) for s in setup_.specs]
@@ -484,8 +481,8 @@ class Chain:
 
     def weight_cols(self, units: torch.Tensor) -> torch.Tensor:
         """Linear layers: ``(M, out)`` = the weight columns of ``units`` (times the BN scale)."""
-        w = self.layer.weight[:, units].t()
-        return w * self.scale if self.scale is not None else w
+        w = self.layer.weight.t()[units]
+        return (w * self.scale if self.scale is not None else w).contiguous()
 
     def contrib(self, d: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
         """Chain output change for per-unit input changes ``d`` of shape ``(M, B, *spatial)``
@@ -511,6 +508,15 @@ class Chain:
         if self.scale is not None:
             out = out * self.scale.view(1, 1, -1, *([1] * (out.ndim - 3)))
         return out
+
+    def add_contrib(self, pre: torch.Tensor, d: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """``pre[None] + contrib(d, units)`` as one contiguous ``(M, B, *out)`` tensor."""
+        if isinstance(self.layer, nn.Linear):
+            r = d.mean(dim=tuple(range(2, d.ndim))) if d.ndim > 2 else d
+            return torch.addcmul(
+                pre.unsqueeze(0), r.unsqueeze(-1), self.weight_cols(units).unsqueeze(1)
+            )
+        return (pre.unsqueeze(0) + self.contrib(d, units)).contiguous()
 
     def run(self, children: Sequence[nn.Module], h: torch.Tensor) -> torch.Tensor:
         for m in children[self.start : self.end]:
@@ -565,8 +571,10 @@ def parse_chain(children: Sequence[nn.Module], site_pos: int, site_ndim: int) ->
             return None
         if isinstance(bn, nn.BatchNorm1d) != isinstance(layer, nn.Linear):
             return None
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
+        var = bn.running_var
+        assert isinstance(var, torch.Tensor)
+        scale = torch.rsqrt(var + bn.eps)
+        if isinstance(bn.weight, torch.Tensor):
             scale = scale * bn.weight
         scale = scale.detach()
         i += 1
@@ -577,3 +585,22 @@ def parse_chain(children: Sequence[nn.Module], site_pos: int, site_ndim: int) ->
 def chunk_count(budget: int, per_item_bytes: float, cap: int) -> int:
     """How many items of ``per_item_bytes`` fit the budget (at least 1, at most cap)."""
     return int(max(1, min(cap, math.floor(budget / max(per_item_bytes, 1.0)))))
+
+
+def score_mcb(
+    logits: torch.Tensor, y: torch.Tensor, hits: list[torch.Tensor] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`score` for logits laid out ``(M, C, B)`` (classes before samples), which keeps
+    every reduction over classes vectorized along samples. The prediction is the first
+    class holding the maximum, as ``argmax``."""
+    m, c, b = logits.shape
+    mx = logits.amax(1)  # (M, B)
+    picked = logits.gather(1, y.view(1, 1, b).expand(m, 1, b)).squeeze(1)
+    before = torch.arange(c, device=y.device).view(c, 1) < y.view(1, b)  # (C, B)
+    tie_before = ((logits == mx.unsqueeze(1)) & before).any(1)
+    hit = (picked == mx) & ~tie_before  # (M, B)
+    if hits is not None:
+        hits.append(hit)
+    correct = hit.sum(1)
+    lse = mx + torch.log(torch.exp(logits - mx.unsqueeze(1)).sum(1))
+    return correct.long().cpu(), (lse - picked).double().sum(1).cpu()

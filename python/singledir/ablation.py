@@ -45,6 +45,7 @@ from singledir._engine import (
     pick_device,
     prepared,
     score,
+    score_mcb,
     score_per_class,
     seed_for,
     setup,
@@ -292,79 +293,88 @@ def _fast_two_sites(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two sites, the first feeding an affine layer before the second, the second feeding an
     affine tail. Walk all orderings at once along the events 'one more unit of site 1':
-    each is a rank-1 (per-channel) update of site 2's pre-activation; between events the
-    logits move by rank-1 terms of site 2's units, summed cumulatively in float64."""
+    each is a rank-1 (per-channel) update of site 2's pre-activation, after which site 2's
+    activity and the logits at the segment start are recomputed densely; within a segment,
+    each ablated site-2 unit is a rank-1 update of the logits."""
     children = runner.children
     s1, s2 = st.specs
-    n1, n2 = s1.n_units, s2.n_units
+    n1 = s1.n_units
     n_ord, n = orders.shape
     dev = st.device
     p2 = runner.site_pos[1]
     mid = children[chain1.end : p2 + 1]
     relu_mid = len(mid) == 1 and isinstance(mid[0], nn.ReLU)
-    wt, bias, fill_r2 = _tail_affine(children, tail, s2, fills[1])
+    wt, bias, fill_r2 = _tail_affine(children, tail, s2, fills[1])  # (n2, C), (C,), (n2,)
+    wt_t = wt.t().contiguous()  # (C, n2)
     n_cls = wt.shape[1]
 
-    # ordering bookkeeping (CPU, then device)
+    # ordering bookkeeping: levels, segments ('site-1 count'), site-2 steps
     is1 = orders < n1  # (O, N): step i+1 ablates a site-1 unit
     seq1 = torch.stack([orders[o][is1[o]] for o in range(n_ord)])  # (O, n1)
-    pos1 = torch.stack([torch.nonzero(is1[o]).view(-1) + 1 for o in range(n_ord)])  # (O, n1)
+    pos1 = torch.stack([torch.nonzero(is1[o]).view(-1) + 1 for o in range(n_ord)])
     seg_start = torch.cat([torch.zeros(n_ord, 1, dtype=torch.long), pos1], 1)  # (O, n1+1)
-    seg_of = torch.cat(
-        [torch.zeros(n_ord, 1, dtype=torch.long), torch.cumsum(is1.long(), 1)], 1
-    )  # (O, N+1): segment of each level
+    seg_of = torch.cat([torch.zeros(n_ord, 1, dtype=torch.long), torch.cumsum(is1.long(), 1)], 1)
+    pos_in_seg = torch.arange(n + 1).expand(n_ord, n + 1) - seg_start.gather(1, seg_of)
     ranks = torch.empty_like(orders)
     ranks.scatter_(1, orders, torch.arange(1, n + 1).expand(n_ord, n).contiguous())
-    rank2 = ranks[:, n1:]  # (O, n2)
-    m2 = rank2.unsqueeze(1) <= seg_start.unsqueeze(2)  # (O, n1+1, n2): ablated at seg start
-    o_idx, i_idx = torch.nonzero(~is1, as_tuple=True)  # site-2 steps
-    lvl_idx = i_idx + 1
-    k_idx = orders[o_idx, i_idx] - n1
-    e_idx = seg_of[o_idx, lvl_idx]
-    sort = torch.argsort(e_idx, stable=True)
-    o_idx, lvl_idx, k_idx, e_idx = o_idx[sort], lvl_idx[sort], k_idx[sort], e_idx[sort]
-    bounds = torch.searchsorted(e_idx, torch.arange(n1 + 2)).tolist()
-    o_idx, lvl_idx, k_idx = o_idx.to(dev), lvl_idx.to(dev), k_idx.to(dev)
+    m2 = ranks[:, n1:].unsqueeze(1) <= seg_start.unsqueeze(2)  # (O, n1+1, n2) ablated at start
+    keep = (~m2).to(dev, st.dtype)
+    fill_bias = bias + ((1 - keep) * fill_r2) @ wt  # (O, n1+1, C)
     k_of_level = torch.zeros(n_ord, n + 1, dtype=torch.long)
     k_of_level[:, 1:] = torch.where(is1, 0, orders - n1)
-    k_of_level = k_of_level.to(dev)
-    seq1_d, m2_d = seq1.to(dev), m2.to(dev)
-    seg_of_d, seg_start_d = seg_of.to(dev), seg_start.to(dev)
+    linear1 = isinstance(chain1.layer, nn.Linear)
+    seq1_d = seq1.to(dev)
     lv = torch.as_tensor(levels, device=dev)
 
-    fill1 = fills[0]
-    keep_all = (~m2_d).to(wt.dtype)  # (O, n1+1, n2)
-    # bias per ordering and segment start from ablated site-2 units held at their fill
-    fill_bias = bias + ((1 - keep_all) * fill_r2) @ wt  # (O, n1+1, C)
-    linear1 = isinstance(chain1.layer, nn.Linear)
-    wc = chain1.weight_cols(seq1_d.reshape(-1)).view(n_ord, n1, -1) if linear1 else None
+    pre_numel = int(np.prod(_chain_out_shape(children, chain1, s1, dev, st.dtype)))
+    o_grp = max(1, min(n_ord, _TILE // (8 * pre_numel)))
+    groups = []
+    for g0 in range(0, n_ord, o_grp):
+        g1 = min(n_ord, g0 + o_grp)
+        o_idx, i_idx = torch.nonzero(~is1[g0:g1], as_tuple=True)  # site-2 steps
+        e_idx = seg_of[g0 + o_idx, i_idx + 1]
+        sort = torch.argsort(e_idx, stable=True)
+        o_idx, i_idx, e_idx = o_idx[sort], i_idx[sort], e_idx[sort]
+        k_idx = orders[g0 + o_idx, i_idx] - n1
+        bounds = torch.searchsorted(e_idx, torch.arange(n1 + 2)).tolist()
+        wc = None
+        if linear1:  # weight columns of each event's unit, contiguous per event
+            wc = chain1.weight_cols(seq1_d[g0:g1].t().reshape(-1)).view(n1, g1 - g0, -1)
+        per_level = []
+        for o in range(g0, g1):
+            steps = [
+                torch.nonzero(pos_in_seg[o] == p).view(-1).to(dev)
+                for p in range(1, int(pos_in_seg[o].max()) + 1)
+            ]
+            per_level.append((steps, k_of_level[o].to(dev), seg_of[o].to(dev)))
+        groups.append(
+            (g0, g1, o_idx.to(dev), (i_idx + 1).to(dev), k_idx.to(dev), bounds, wc, per_level)
+        )
 
-    pre_numel = int(np.prod(children_out_shape(children, chain1, s1, dev, st.dtype)))
-    o_grp = max(1, min(n_ord, _TILE // (16 * pre_numel)))
     correct = torch.zeros(n_ord, len(levels), dtype=torch.long)
     loss = torch.zeros(n_ord, len(levels), dtype=torch.float64)
     n_batches = -(-st.batches.count() // st.batches.batch_size)
+    fill1 = fills[0]
     with make_progress(quiet=None if progress else True) as bar:
         task = bar.add_task("ablation curves", total=n_batches, status="")
         for x, y in st.batches:
             h1_all = runner.prefix(x)
-            b_chunk = max(16, _TILE // (o_grp * pre_numel))
-            mem_cap = budget // max(1, o_grp * ((n1 + 1) * n_cls + (n + 1)) * 8 + pre_numel * 16)
-            b_chunk = max(1, min(b_chunk, mem_cap))
+            b_chunk = max(8, _TILE // (o_grp * pre_numel))
+            per_sample = o_grp * ((n1 + 1) * n_cls + (n + 1) * (n_cls + 1)) * 4 + pre_numel * 16
+            b_chunk = max(1, min(b_chunk, budget // per_sample))
             for a in range(0, x.shape[0], b_chunk):
                 h1 = h1_all[a : a + b_chunk]
                 yb = y[a : a + b_chunk]
                 b = h1.shape[0]
                 pre0 = chain1.run(children, h1)
                 d1 = (-h1 if fill1 is None else _fill_view(fill1, h1) - h1).transpose(0, 1)
-                for g0 in range(0, n_ord, o_grp):
-                    g1 = min(n_ord, g0 + o_grp)
+                d1 = d1.contiguous()  # (n1, b, *spatial)
+                for g0, g1, o_idx, l_idx, k_idx, bounds, wc, per_level in groups:
                     og = g1 - g0
                     pre = pre0.unsqueeze(0).repeat(og, *([1] * pre0.ndim))
-                    gvals = torch.zeros(og, n + 1, b, dtype=st.dtype, device=dev)
-                    starts = torch.empty(n1 + 1, og, b, n_cls, dtype=st.dtype, device=dev)
+                    vals = torch.empty(int(o_idx.numel()), b, dtype=st.dtype, device=dev)
+                    starts = torch.empty(n1 + 1, og, n_cls, b, dtype=st.dtype, device=dev)
                     hbuf = torch.empty_like(pre) if relu_mid else None
-                    sel = (o_idx >= g0) & (o_idx < g1)
                     for e in range(n1 + 1):
                         if relu_mid:
                             h2 = torch.clamp_min(pre, 0, out=hbuf)
@@ -376,32 +386,29 @@ def _fast_two_sites(
                         r2 = _reduce(h2, 2)  # (og, b, n2)
                         lo, hi = bounds[e], bounds[e + 1]
                         if hi > lo:
-                            oo, ll, kk = o_idx[lo:hi], lvl_idx[lo:hi], k_idx[lo:hi]
-                            s_sel = sel[lo:hi]
-                            if not bool(s_sel.all()):
-                                oo, ll, kk = oo[s_sel], ll[s_sel], kk[s_sel]
-                            gvals[oo - g0, ll] = fill_r2[kk].unsqueeze(1) - r2[oo - g0, :, kk]
-                        wk = wt.unsqueeze(0) * keep_all[g0:g1, e].unsqueeze(2)  # (og, n2, C)
-                        torch.baddbmm(fill_bias[g0:g1, e].unsqueeze(1), r2, wk, out=starts[e])
+                            vals[lo:hi] = r2[o_idx[lo:hi], :, k_idx[lo:hi]]
+                        wk = wt_t.unsqueeze(0) * keep[g0:g1, e].unsqueeze(1)  # (og, C, n2)
+                        torch.baddbmm(
+                            fill_bias[g0:g1, e].unsqueeze(2), wk, r2.transpose(1, 2), out=starts[e]
+                        )
                         if e < n1:
-                            if linear1:
-                                assert wc is not None
+                            if wc is not None:
                                 dcol = d1[seq1_d[g0:g1, e]]  # (og, b)
-                                pre.addcmul_(dcol.unsqueeze(-1), wc[g0:g1, e].unsqueeze(1))
+                                pre.addcmul_(dcol.unsqueeze(-1), wc[e].unsqueeze(1))
                             else:
                                 units = seq1_d[g0:g1, e]
                                 pre += chain1.contrib(d1[units], units)
-                    # logits(level) = start(seg) + cumsum of site-2 steps since seg start
+                    gvals = torch.zeros(og, n + 1, b, dtype=st.dtype, device=dev)
+                    gvals[o_idx, l_idx] = fill_r2[k_idx].unsqueeze(1) - vals
                     for oi in range(og):
-                        o = g0 + oi
-                        contrib = gvals[oi].double().unsqueeze(-1) * wt.double()[k_of_level[o]].unsqueeze(1)
-                        cs = torch.cumsum(contrib, 0)  # (N+1, b, C)
-                        seg = seg_of_d[o, lv]
-                        base = cs[seg_start_d[o, seg]]
-                        lg = starts[seg, oi].double() + cs[lv] - base
-                        c, s = score(lg, yb)
-                        correct[o] += c
-                        loss[o] += s
+                        steps, k_lv, seg_lv = per_level[oi]
+                        lg = starts[seg_lv, oi]  # (N+1, C, b): segment-start logits
+                        contrib = wt[k_lv].unsqueeze(2) * gvals[oi].unsqueeze(1)
+                        for idx in steps:  # levels p steps into a segment add step p
+                            lg[idx] = lg[idx - 1] + contrib[idx]
+                        c, s = score_mcb(lg[lv], yb)
+                        correct[g0 + oi] += c
+                        loss[g0 + oi] += s
             bar.advance(task, 1)
     return correct, loss
 
@@ -410,7 +417,7 @@ def _fill_view(fill: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return fill.view(1, -1, *([1] * (h.ndim - 2)))
 
 
-def children_out_shape(
+def _chain_out_shape(
     children: Sequence[nn.Module], chain: Chain, spec: SiteSpec, dev: torch.device, dtype: Any
 ) -> tuple[int, ...]:
     """Per-sample shape of a chain's output."""
@@ -419,9 +426,7 @@ def children_out_shape(
     return tuple(int(v) for v in out.shape[1:])
 
 
-def _fast_plan(
-    runner: Runner, st: Setup
-) -> tuple[str, Chain | None, Chain | None] | None:
+def _fast_plan(runner: Runner, st: Setup) -> tuple[str, Chain | None, Chain | None] | None:
     """Which incremental path applies: ('one', tail) or ('two', chain1, tail)."""
     if not isinstance(runner, SequentialRunner) or len(st.specs) > 2:
         return None
@@ -435,7 +440,10 @@ def _fast_plan(
     chain1 = parse_chain(children, runner.site_pos[0], len(st.specs[0].shape) + 1)
     if chain1 is None or chain1.end > last:
         return None
-    if any(not isinstance(m, nn.ReLU | nn.Identity | nn.Dropout) for m in children[chain1.end : last + 1]):
+    if any(
+        not isinstance(m, nn.ReLU | nn.Identity | nn.Dropout)
+        for m in children[chain1.end : last + 1]
+    ):
         return None
     return ("two", chain1, tail)
 
@@ -630,16 +638,20 @@ def _importance_site(
         b = x.shape[0]
         h = runner.prefix(x)
         chunk = chunk_count(budget, b * st.row_bytes * 2, n)
-        pre = chain.run(runner.children, h) if chain is not None else None
+        pre = None
+        if chain is not None and isinstance(runner, SequentialRunner):
+            pre = chain.run(runner.children, h)
+        if pre is not None:  # incremental path: keep each stacked tensor cache-sized
+            chunk = min(chunk, max(1, 2 * _TILE // max(1, pre.numel())))
         for a in range(0, n, chunk):
             units = units_all[a : a + chunk]
             m = units.numel()
             if chain is not None and isinstance(runner, SequentialRunner):
                 assert pre is not None
-                hu = h[:, units].transpose(0, 1)  # (m, b, *spatial)
+                hu = h[:, units].transpose(0, 1).contiguous()  # (m, b, *spatial)
                 d = -hu if fill is None else fill[units].view(m, 1, *([1] * (hu.ndim - 2))) - hu
-                z = pre.unsqueeze(0) + chain.contrib(d, units)
-                z = z.reshape(m * b, *z.shape[2:])
+                z = chain.add_contrib(pre, d, units)
+                z = z.view(m * b, *z.shape[2:])
                 for mod in runner.children[chain.end :]:
                     z = mod(z)
                 logits = z
@@ -695,7 +707,11 @@ def unit_importance(
             n_samples += x.shape[0]
         frames = []
         with make_progress(quiet=None if progress else True) as bar:
-            task = bar.add_task("unit importance", total=st.n_units * -(-n_samples // st.batches.batch_size), status="")
+            task = bar.add_task(
+                "unit importance",
+                total=st.n_units * -(-n_samples // st.batches.batch_size),
+                status="",
+            )
             for spec in st.specs:
                 runner = make_runner(model, [spec.name], st.batches.sample_x, method)
                 sub = Setup(**{**st.__dict__, "sites": [spec.name], "specs": [spec]})
