@@ -10,6 +10,7 @@ returns the path written.
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -98,13 +99,11 @@ def _save(fig: Figure, path: str | os.PathLike[str]) -> Path:
 
 
 def _title(base: str, frames: Mapping[str, pl.DataFrame], extra: str | None) -> str:
-    parts = [base]
     seed = _seed_text(frames)
-    if seed:
-        parts.append(seed)
-    if extra:
-        parts.append(extra)
-    return " | ".join(parts)
+    head = f"{base} ({seed})" if seed else base
+    if not extra:
+        return head
+    return head + "\n" + "\n".join(textwrap.wrap(extra, width=90))
 
 
 def plot_ablation_curves(
@@ -143,7 +142,7 @@ def plot_ablation_curves(
         std = np.nan_to_num(band[f"{metric}_std"].to_numpy().astype(float))
         n_ord = df["ordering"].n_unique() if "ordering" in df.columns else 1
         name = f"{label} " if label else ""
-        (line,) = ax.plot(xs, mean, lw=1.6, label=f"{name}(n={n_ord} orderings)")
+        (line,) = ax.plot(xs, mean, lw=1.6, label=f"{name}mean ± std, {n_ord} orderings")
         ax.fill_between(xs, mean - std, mean + std, alpha=0.25, color=line.get_color(), lw=0)
     ax.set_xlabel("fraction of units ablated" if x == "fraction_ablated" else "units ablated")
     ax.set_ylabel(metric)
@@ -177,7 +176,9 @@ def plot_noise_curves(
         std = np.nan_to_num(band[f"{metric}_std"].to_numpy().astype(float))
         n_rep = df["repeat"].n_unique() if "repeat" in df.columns else 1
         name = f"{label} " if label else ""
-        (line,) = ax.plot(xs, mean, marker="o", ms=3, lw=1.6, label=f"{name}(n={n_rep} repeats)")
+        (line,) = ax.plot(
+            xs, mean, marker="o", ms=3, lw=1.6, label=f"{name}mean ± std, {n_rep} repeats"
+        )
         ax.fill_between(xs, mean - std, mean + std, alpha=0.25, color=line.get_color(), lw=0)
     ax.set_xlabel("noise scale (x unit activity std)")
     ax.set_ylabel(metric)

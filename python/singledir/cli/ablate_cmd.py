@@ -492,8 +492,9 @@ def ablate(
         progress=not quiet,
     )
     auc_rows = ablation_auc(curves, per_ordering=True)
+    assert isinstance(auc_rows, pl.DataFrame)
     auc_values = np.asarray(auc_rows["auc"].to_numpy(), dtype=np.float64)
-    auc_mean = float(ablation_auc(curves))
+    auc_mean = float(auc_values.mean())  # = ablation_auc(curves), the mean over orderings
     summary = summarize_curves(curves)
     payload = {
         "command": "ablate",
