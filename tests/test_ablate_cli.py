@@ -310,6 +310,13 @@ def test_noise_writes_curves_and_scale_zero_is_base(
     assert (tmp_path / "noise.png").read_bytes().startswith(b"\x89PNG")
     summary = json.loads((tmp_path / "noise.json").read_text())
     assert summary["scales"] == [0.0, 0.5, 2.0] and summary["seed"] == 3
+    # Normalized AUC by hand: mean accuracy per scale, trapezoid over [0, 2], divided by 2.
+    means = [
+        float(np.mean(curves.filter(pl.col("scale") == s)["accuracy"].to_numpy()))
+        for s in (0.0, 0.5, 2.0)
+    ]
+    by_hand = (0.5 * (means[0] + means[1]) / 2 + 1.5 * (means[1] + means[2]) / 2) / 2.0
+    assert summary["auc"] == pytest.approx(by_hand, abs=1e-12)
     assert "noise AUC" in stdout
 
 

@@ -571,6 +571,7 @@ def noise(
     plot: Path | None = typer.Option(None, "--plot", help="PNG plot (default: OUT as .png)."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Do not draw the PNG."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1),
+    memory_budget_mb: int | None = typer.Option(None, "--memory-budget-mb", min=1),
     device: str | None = typer.Option(None, "--device", help="cpu, cuda, cuda:1..."),
     arch: str | None = typer.Option(None, "--arch", help=_ARCH_HELP),
     num_classes: int | None = typer.Option(None, "--num-classes", min=1),
@@ -616,6 +617,7 @@ def noise(
         seed=seed,
         batch_size=batch_size,
         device=device,
+        memory_budget_mb=memory_budget_mb,
         progress=not quiet,
     )
     auc = float(noise_auc(curves))
