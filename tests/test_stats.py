@@ -296,21 +296,27 @@ def test_dense_and_long_paths_agree(data, bins, binning, shuffles, rnd):
     # path otherwise; the long layout always groups by unit.)
     dense = _core.dense_unit_summary(a, y, k, bins=bins, binning=binning, shuffles=shuffles, seed=3)
     records = _long(a, y)
-    # Records in sample order within each unit (any unit order): bit-identical.
-    unit_major = records.sort("unit", "sample")
-    long = _core.long_unit_summary(
-        unit_major["unit"].to_numpy(),
-        unit_major["label"].to_numpy(),
-        unit_major["activation"].to_numpy(),
-        a.shape[1],
-        k,
-        bins=bins,
-        binning=binning,
-        shuffles=shuffles,
-        seed=3,
-    )
-    for key, value in dense.items():
-        np.testing.assert_array_equal(long[key], value, err_msg=key)
+    # Records in sample order within each unit: bit-identical, whether they come unit-major
+    # (used in place), sample-major (the dense layout) or units shuffled (counting sort).
+    unit_perm = np.array(rnd.sample(range(a.shape[1]), a.shape[1]))
+    for ordered in (
+        records.sort("unit", "sample"),
+        records.sort("sample", "unit"),
+        records.sort(pl.col("unit").replace_strict(np.arange(a.shape[1]), unit_perm), "sample"),
+    ):
+        long = _core.long_unit_summary(
+            ordered["unit"].to_numpy(),
+            ordered["label"].to_numpy(),
+            ordered["activation"].to_numpy(),
+            a.shape[1],
+            k,
+            bins=bins,
+            binning=binning,
+            shuffles=shuffles,
+            seed=3,
+        )
+        for key, value in dense.items():
+            np.testing.assert_array_equal(long[key], value, err_msg=key)
     # Any record order: equal up to summation order (the shuffles depend on record order).
     order = np.array(rnd.sample(range(records.height), records.height))
     table = sd.stats_from_activations(records[order].lazy(), bins=bins, binning=binning)

@@ -14,6 +14,8 @@
 //! class is the argmax (lowest class on ties). A silent unit (all class means 0) gets SI 0.
 //! Negative activity makes SI meaningless; [`NegativePolicy`] says what to do with it.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use crate::error::{KernelError, KernelResult};
@@ -597,6 +599,11 @@ pub fn summarize_long(
             values.len()
         )));
     }
+    if let Some(row_labels) = interleaved_rows(units, labels, n_units) {
+        // The records are a flattened row-major (samples, units) array: use the dense path,
+        // which performs the same per-unit operations in the same order.
+        return summarize_dense(values, n / n_units, n_units, &row_labels, opts);
+    }
     let (offsets, grouped_values, grouped_labels) =
         group_by_unit(units, labels, values, n_units, opts.n_classes)?;
     let n_blocks = n_units.div_ceil(UNIT_BLOCK);
@@ -621,17 +628,42 @@ pub fn summarize_long(
     Ok(assemble(first_error(parts)?, opts))
 }
 
-type Grouped = (Vec<usize>, Vec<f32>, Vec<u32>);
+/// Rows per chunk when checking for the interleaved layout.
+const ROW_CHECK_CHUNK: usize = 4096;
+
+/// The per-row labels when record `i` is unit `i % n_units` of row `i / n_units` and every
+/// record of a row has the row's label (the layout of a flattened dense array); else None.
+fn interleaved_rows(units: &[i64], labels: &[i64], n_units: usize) -> Option<Vec<i64>> {
+    let n = units.len();
+    if n_units == 0 || n == 0 || n % n_units != 0 {
+        return None;
+    }
+    let row_ok = |(unit_row, label_row): (&[i64], &[i64])| {
+        unit_row.iter().enumerate().all(|(j, &u)| u == j as i64)
+            && label_row.iter().all(|&l| l == label_row[0])
+    };
+    let ok = units
+        .par_chunks(n_units * ROW_CHECK_CHUNK)
+        .zip(labels.par_chunks(n_units * ROW_CHECK_CHUNK))
+        .all(|(uc, lc)| {
+            uc.chunks_exact(n_units)
+                .zip(lc.chunks_exact(n_units))
+                .all(row_ok)
+        });
+    ok.then(|| labels.iter().step_by(n_units).copied().collect())
+}
+
+type Grouped<'a> = (Vec<usize>, Cow<'a, [f32]>, Vec<u32>);
 
 /// Stable counting sort of the records by unit, in fixed chunks: chunk `i` writes its records
 /// of unit `u` after those of chunks `0..i`, so the output keeps record order.
-fn group_by_unit(
+fn group_by_unit<'a>(
     units: &[i64],
     labels: &[i64],
-    values: &[f32],
+    values: &'a [f32],
     n_units: usize,
     n_classes: usize,
-) -> KernelResult<Grouped> {
+) -> KernelResult<Grouped<'a>> {
     let n = units.len();
     let chunk = GROUP_CHUNK.max(n_units);
     let n_chunks = n.div_ceil(chunk).max(1);
@@ -672,6 +704,11 @@ fn group_by_unit(
     for u in 0..n_units {
         offsets[u + 1] += offsets[u];
     }
+    if units.par_windows(2).all(|w| w[0] <= w[1]) {
+        // Already grouped (unit-major records): use the values in place.
+        let labels = labels.par_iter().map(|&l| l as u32).collect();
+        return Ok((offsets, Cow::Borrowed(values), labels));
+    }
     let mut cursor = offsets[..n_units].to_vec();
     for counts in chunk_counts.iter_mut() {
         for (u, c) in counts.iter_mut().enumerate() {
@@ -703,7 +740,7 @@ fn group_by_unit(
                 }
             }
         });
-    Ok((offsets, out_values, out_labels))
+    Ok((offsets, Cow::Owned(out_values), out_labels))
 }
 
 struct SyncPtr<T>(*mut T);
@@ -832,17 +869,33 @@ mod tests {
         let (n, u, k) = (40, 137, 4);
         let (acts, labels) = data(n, u, k);
         let o = opts(k, true);
-        // Records in unit-major order reversed, so grouping really has to reorder them.
-        let mut units_l = Vec::new();
-        let mut labels_l = Vec::new();
-        let mut values_l = Vec::new();
-        for unit in (0..u).rev() {
-            for s in 0..n {
-                units_l.push(unit as i64);
-                labels_l.push(labels[s]);
-                values_l.push(acts[s * u + unit]);
+        // Three record orders, one per long-format path: unit-major reversed (grouped by a
+        // counting sort), unit-major (used in place), sample-major (the dense layout).
+        let mut orders: Vec<(Vec<i64>, Vec<i64>, Vec<f32>)> = Vec::new();
+        for unit_major in [true, false] {
+            let mut rec = (Vec::new(), Vec::new(), Vec::new());
+            let mut push = |unit: usize, s: usize| {
+                rec.0.push(unit as i64);
+                rec.1.push(labels[s]);
+                rec.2.push(acts[s * u + unit]);
+            };
+            if unit_major {
+                (0..u).for_each(|unit| (0..n).for_each(|s| push(unit, s)));
+            } else {
+                (0..n).for_each(|s| (0..u).for_each(|unit| push(unit, s)));
             }
+            orders.push(rec);
         }
+        let mut reversed = (Vec::new(), Vec::new(), Vec::new());
+        for unit in (0..u).rev() {
+            let r = unit * n..(unit + 1) * n;
+            reversed.0.extend_from_slice(&orders[0].0[r.clone()]);
+            reversed.1.extend_from_slice(&orders[0].1[r.clone()]);
+            reversed.2.extend_from_slice(&orders[0].2[r]);
+        }
+        orders.push(reversed);
+        assert!(interleaved_rows(&orders[1].0, &orders[1].1, u).is_some());
+        assert!(interleaved_rows(&orders[0].0, &orders[0].1, u).is_none());
         // Row-wise dense path (no shuffles, equal width), column path (shuffles, equal
         // frequency), no MI at all: all bit-identical to the long layout.
         let mut variants = vec![o, opts(k, false)];
@@ -855,8 +908,11 @@ mod tests {
         variants.push(freq);
         for o in variants {
             let dense = summarize_dense(&acts, n, u, &labels, &o).unwrap();
-            let long = summarize_long(&units_l, &labels_l, &values_l, u, &o).unwrap();
-            assert_same(&dense, &long);
+            for (units_l, labels_l, values_l) in &orders {
+                let long = summarize_long(units_l, labels_l, values_l, u, &o).unwrap();
+                assert_same(&dense, &long);
+            }
+            let (units_l, labels_l, values_l) = &orders[2];
             for threads in [1, 3] {
                 let pool = rayon::ThreadPoolBuilder::new()
                     .num_threads(threads)
@@ -865,7 +921,7 @@ mod tests {
                 let again = pool.install(|| summarize_dense(&acts, n, u, &labels, &o).unwrap());
                 assert_same(&dense, &again);
                 let again =
-                    pool.install(|| summarize_long(&units_l, &labels_l, &values_l, u, &o).unwrap());
+                    pool.install(|| summarize_long(units_l, labels_l, values_l, u, &o).unwrap());
                 assert_same(&dense, &again);
             }
         }
