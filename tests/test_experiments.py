@@ -426,3 +426,16 @@ def test_write_report_inlines_figures_and_escapes(tmp_path: Path) -> None:
     assert html.count("data:image/png;base64,") == 1
     md = md_path.read_text()
     assert "![cap](figures/f.png)" in md and "**holds**" in md and "| 1.500 |" in md
+
+
+def test_progress_file_reports_phase_and_epoch(tmp_path: Path) -> None:
+    from singledir.experiments.runner import PROGRESS_FILE, PhaseTimer, _progress_of
+
+    assert _progress_of(tmp_path) == (0.0, "starting")
+    timer = PhaseTimer(tmp_path / PROGRESS_FILE)
+    timer.note(phase="train", epoch=5, epochs=20)
+    frac, state = _progress_of(tmp_path)
+    assert frac == pytest.approx(0.8 * 5 / 20) and state == "epoch 5/20"
+    with timer.phase("ablation"):
+        assert _progress_of(tmp_path) == (0.85, "ablation")
+    assert timer.seconds["ablation"] >= 0.0

@@ -34,6 +34,7 @@ __all__ = [
 ]
 
 EXECUTOR_NAMES = ("process", "serial", "ray")
+POLL_S = 0.5  # how often a waiting executor calls its poll function
 
 
 def available_cores() -> int:
@@ -65,8 +66,13 @@ class Executor:
     workers = 1
 
     def imap(
-        self, fn: Callable[..., Any], arg_tuples: Sequence[tuple[Any, ...]]
+        self,
+        fn: Callable[..., Any],
+        arg_tuples: Sequence[tuple[Any, ...]],
+        poll: Callable[[], None] | None = None,
     ) -> Iterator[tuple[int, Any]]:
+        """Yield ``(index, fn(*arg_tuples[index]))`` as tasks finish; ``poll`` is called about
+        twice a second while waiting (e.g. to refresh a progress display)."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -89,7 +95,10 @@ class SerialExecutor(Executor):
     name = "serial"
 
     def imap(
-        self, fn: Callable[..., Any], arg_tuples: Sequence[tuple[Any, ...]]
+        self,
+        fn: Callable[..., Any],
+        arg_tuples: Sequence[tuple[Any, ...]],
+        poll: Callable[[], None] | None = None,
     ) -> Iterator[tuple[int, Any]]:
         for i, args in enumerate(arg_tuples):
             yield i, fn(*args)
@@ -150,7 +159,10 @@ class ProcessExecutor(Executor):
         return self._pool
 
     def imap(
-        self, fn: Callable[..., Any], arg_tuples: Sequence[tuple[Any, ...]]
+        self,
+        fn: Callable[..., Any],
+        arg_tuples: Sequence[tuple[Any, ...]],
+        poll: Callable[[], None] | None = None,
     ) -> Iterator[tuple[int, Any]]:
         if not arg_tuples:
             return
@@ -161,7 +173,9 @@ class ProcessExecutor(Executor):
         pending = set(futures)
         try:
             while pending:
-                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                done, pending = wait(pending, timeout=POLL_S, return_when=FIRST_COMPLETED)
+                if poll is not None:
+                    poll()
                 for fut in sorted(done, key=lambda f: futures[f]):
                     yield futures[fut], fut.result()
         finally:
@@ -242,7 +256,10 @@ class RayExecutor(Executor):
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1) // self.cpus_per_task))
 
     def imap(
-        self, fn: Callable[..., Any], arg_tuples: Sequence[tuple[Any, ...]]
+        self,
+        fn: Callable[..., Any],
+        arg_tuples: Sequence[tuple[Any, ...]],
+        poll: Callable[[], None] | None = None,
     ) -> Iterator[tuple[int, Any]]:
         if not arg_tuples:
             return
@@ -253,7 +270,9 @@ class RayExecutor(Executor):
         pending = list(refs)
         try:
             while pending:
-                done, pending = ray.wait(pending, num_returns=1)
+                done, pending = ray.wait(pending, num_returns=1, timeout=POLL_S)
+                if poll is not None:
+                    poll()
                 for ref in done:
                     yield refs[ref], ray.get(ref)
         finally:

@@ -226,6 +226,7 @@ def _run_one(
     skipped = 0
     with make_progress(quiet=None if progress is None else not progress) as bar:
         task = bar.add_task(f"{name}: runs", total=len(specs), status=ex.describe())
+        done_count = [0]
 
         def on_done(spec: dict[str, Any], result: dict[str, Any]) -> None:
             nonlocal skipped
@@ -236,9 +237,13 @@ def _run_one(
             auc = result.get("auc")
             note = f" AUC {auc:.3f}" if isinstance(auc, float) else ""
             tag = " (done before)" if result.get("skipped") else ""
-            bar.update(task, advance=1, status=f"{spec['run_id']}{note}{tag}")
+            done_count[0] += 1
+            bar.update(task, completed=done_count[0], status=f"{spec['run_id']}{note}{tag}")
 
-        records: list[RunRecord] = run_all(name, specs, out, ex, on_done)
+        def on_progress(completed: float, status: str) -> None:
+            bar.update(task, completed=completed, status=status)
+
+        records: list[RunRecord] = run_all(name, specs, out, ex, on_done, on_progress)
         bar.update(task, status="figures and report")
         section = module.summarize(s, records, out, timer)
     section.settings = {k: v for k, v in s.to_dict().items() if k != "extra"}

@@ -58,18 +58,36 @@ __all__ = [
 ]
 
 DONE_MARKER = "DONE"
+PROGRESS_FILE = "progress.json"
 MANIFEST = "manifest.json"
 PHASES = ("train", "ablation", "statistics", "report")
 
 
 class PhaseTimer:
-    """Accumulates wall seconds per phase (``train``, ``ablation``, ``statistics``, ...)."""
+    """Accumulates wall seconds per phase (``train``, ``ablation``, ``statistics``, ...).
 
-    def __init__(self) -> None:
+    With a ``progress_path``, it also records what the run is doing now (phase, epoch) in
+    that small JSON file, which the parent process reads to show live progress.
+    """
+
+    def __init__(self, progress_path: Path | None = None) -> None:
         self.seconds: dict[str, float] = {}
+        self.progress_path = progress_path
+
+    def note(self, **info: Any) -> None:
+        """Record the run's current state (best effort: progress must never fail a run)."""
+        if self.progress_path is None:
+            return
+        try:
+            text = json.dumps(info)
+            atomic_write(self.progress_path, lambda tmp: tmp.write_text(text))
+        except Exception:  # noqa: BLE001 - a display aid only
+            pass
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        if name != "statistics":
+            self.note(phase=name)
         t0 = time.perf_counter()
         try:
             yield
@@ -168,7 +186,7 @@ def execute_run(experiment: str, spec: dict[str, Any], run_dir: str) -> dict[str
     rdir.mkdir(parents=True, exist_ok=True)
     write_json(rdir / "spec.json", spec)
     module = importlib.import_module(f"singledir.experiments.{experiment}")
-    timer = PhaseTimer()
+    timer = PhaseTimer(rdir / PROGRESS_FILE)
     t0 = time.perf_counter()
     result = dict(module.run(spec, rdir, timer))
     result["timings"] = {**timer.seconds, "run_wall": time.perf_counter() - t0}
@@ -283,8 +301,13 @@ def train_net(spec: dict[str, Any], run_dir: Path, timer: PhaseTimer) -> Any:
     from singledir.train import TrainConfig, train
 
     config = _train_config_obj(TrainConfig, spec["train"])
+    epochs = int(spec["train"].get("epochs", 0))
+
+    def on_epoch(row: dict[str, float]) -> None:
+        timer.note(phase="train", epoch=int(row.get("epoch", 0)), epochs=epochs)
+
     with timer.phase("train"):
-        return train(config, run_dir / "train", resume=True, progress=False)
+        return train(config, run_dir / "train", resume=True, progress=False, on_epoch=on_epoch)
 
 
 def _train_config_obj(cls: Any, d: dict[str, Any]) -> Any:
@@ -385,16 +408,33 @@ def write_run_table(df: pl.DataFrame, run_dir: Path, filename: str) -> Path:
     return write_table(df, run_dir / filename)
 
 
+def _progress_of(run_dir: Path) -> tuple[float, str]:
+    """(fraction of the run done, short state) from a running run's progress file."""
+    try:
+        info = json.loads((run_dir / PROGRESS_FILE).read_text())
+    except (OSError, ValueError):
+        return 0.0, "starting"
+    phase = str(info.get("phase", ""))
+    if phase == "train" and info.get("epochs"):
+        done = min(1.0, int(info.get("epoch", 0)) / max(1, int(info["epochs"])))
+        return 0.8 * done, f"epoch {info.get('epoch', 0)}/{info['epochs']}"
+    if phase == "train":
+        return 0.0, "training"
+    return 0.85, phase or "analysis"
+
+
 def run_all(
     experiment: str,
     specs: list[dict[str, Any]],
     out_dir: Path,
     executor: Any,
     on_done: Callable[[dict[str, Any], dict[str, Any]], None] | None = None,
+    on_progress: Callable[[float, str], None] | None = None,
 ) -> list[RunRecord]:
     """Execute every spec through ``executor`` (finished runs are skipped without being
-    shipped), calling ``on_done(spec, result)`` as each finishes. Returns records in the
-    specs' order."""
+    shipped), calling ``on_done(spec, result)`` as each finishes, and, while waiting,
+    ``on_progress(runs_done_fraction, status)`` with the running runs' states. Returns
+    records in the specs' order."""
     runs_dir = out_dir / "runs"
     results: dict[int, dict[str, Any]] = {}
     todo: list[int] = []
@@ -409,7 +449,20 @@ def run_all(
         else:
             todo.append(i)
     args = [(experiment, specs[i], str(runs_dir / specs[i]["run_id"])) for i in todo]
-    for j, res in executor.imap(execute_run, args):
+
+    def poll() -> None:
+        if on_progress is None:
+            return
+        running = [i for i in todo if i not in results and (runs_dir / specs[i]["run_id"]).exists()]
+        parts = [
+            (specs[i]["run_id"].rsplit("-", 1)[0], *_progress_of(runs_dir / specs[i]["run_id"]))
+            for i in running
+        ]
+        total = len(results) + sum(frac for _, frac, _ in parts)
+        status = "; ".join(f"{label} {state}" for label, _, state in parts[:3])
+        on_progress(total, status)
+
+    for j, res in executor.imap(execute_run, args, poll=poll):
         i = todo[j]
         results[i] = res
         if on_done is not None:
