@@ -58,7 +58,7 @@ NegativePolicy = Literal["error", "shift", "clip"]
 
 DEFAULT_BINS = 10
 DEFAULT_BINNING: Binning = "equal_width"
-#: Records per batch when reading an activation file (about 16 bytes each in memory).
+#: Records per batch when reading an activation file (some 40 bytes each in memory).
 DEFAULT_BATCH_ROWS = 20_000_000
 
 ACTIVATION_COLUMNS = ("layer", "unit", "sample", "label", "activation")
@@ -489,8 +489,15 @@ def stats_from_activations(
     lf, where = _scan(source)
     _check_schema(lf, where)
 
+    # A table within the budget is read once, whole; a larger one is streamed: one pass for
+    # the overview, then one filtered scan per layer or batch of whole units.
+    n_rows = int(_collect(lf.select(pl.len()), where).item())
+    whole: pl.DataFrame | None = None
+    if n_rows <= batch_rows:
+        whole = _collect(lf.select(*ACTIVATION_COLUMNS), where)
     overview = _collect(
-        lf.with_row_index("__row")
+        (lf if whole is None else whole.lazy())
+        .with_row_index("__row")
         .group_by("layer")
         .agg(
             first=pl.col("__row").min(),
@@ -551,24 +558,18 @@ def stats_from_activations(
         raise InputError(f"need at least 2 classes, got {k}: check the labels")
 
     columns = ("unit", "label", "activation")
-    # A table within the budget is read once more, whole; a larger one layer by layer and in
-    # batches of whole units (one filtered scan each).
-    in_memory: dict[Any, pl.DataFrame] | None = None
-    if int(overview["rows"].sum()) <= batch_rows:
-        whole = _collect(lf.select("layer", *columns), where)
-        in_memory = {
-            key[0]: part for key, part in whole.partition_by("layer", as_dict=True).items()
-        }
-        del whole
     pieces: list[pl.DataFrame] = []
     for row in overview.iter_rows(named=True):
         layer, span = row["layer"], int(row["unit_max"]) + 1
         per_unit = max(1, math.ceil(row["rows"] / span))
-        step = span if in_memory is not None else max(1, batch_rows // per_unit)
+        step = span if whole is not None else max(1, batch_rows // per_unit)
         for lo in range(0, span, step):
             hi = min(span, lo + step)
-            if in_memory is not None:
-                part = in_memory.pop(layer).select(columns)
+            if whole is not None:
+                one_layer = overview.height == 1
+                part = (whole if one_layer else whole.filter(pl.col("layer") == layer)).select(
+                    columns
+                )
             else:
                 sel = pl.col("layer") == layer
                 if step < span:
