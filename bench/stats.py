@@ -117,6 +117,10 @@ def main() -> None:
     labels_long = np.repeat(y, units)
     values = a.ravel()
     df = pl.DataFrame({"unit": unit_idx, "label": labels_long, "activation": values})
+    # The same records in random order: the long-format kernel must regroup them by unit
+    # (records in sample-major or unit-major order are used as they are).
+    perm = rng.permutation(n * units)
+    shuffled = (unit_idx[perm], labels_long[perm], values[perm])
     print(f"{n * units:,} records ({units} units x {n} samples, {k} classes), {bins} bins")
 
     rows: list[tuple[str, str, float, float]] = []
@@ -124,7 +128,7 @@ def main() -> None:
     def record(task: str, name: str, seconds: float, scale: float = 1.0) -> None:
         cpu = CPU_TIMES[-1] * scale
         rows.append((task, name, seconds, cpu))
-        print(f"  {task:12s} {name:46s} {seconds * 1e3:10.1f} ms  cpu {cpu * 1e3:10.1f} ms")
+        print(f"  {task:12s} {name:50s} {seconds * 1e3:10.1f} ms  cpu {cpu * 1e3:10.1f} ms")
 
     r = args.repeats
     t, si_sd = best_of(lambda: sd.class_selectivity(a, y), r)
@@ -134,6 +138,12 @@ def main() -> None:
         r,
     )
     record("selectivity", "singledir (long-format records)", t)
+    t, d_shuf = best_of(
+        lambda: _core.long_unit_summary(*shuffled, units, k, mutual_info=False),
+        r,
+    )
+    record("selectivity", "singledir (long-format records, shuffled)", t)
+    np.testing.assert_allclose(d_shuf["selectivity"], si_sd, rtol=1e-9, atol=1e-12)
     t, si_np = best_of(lambda: numpy_selectivity(a, y, k), r)
     record("selectivity", "NumPy (one-hot matmul)", t)
     t, si_pl = best_of(lambda: polars_selectivity(df, k), r)
@@ -149,6 +159,9 @@ def main() -> None:
         r,
     )
     record("MI", "singledir (long-format records)", t)
+    t, d_shuf = best_of(lambda: _core.long_unit_summary(*shuffled, units, k, negative=None), r)
+    record("MI", "singledir (long-format records, shuffled)", t)
+    np.testing.assert_allclose(d_shuf["mutual_info"], mi_sd, rtol=1e-9, atol=1e-12)
     t, mi_np = best_of(lambda: numpy_mi(a, y, k, bins), r)
     record("MI", "NumPy (vectorized bincount)", t)
     m = min(args.sklearn_units, units)
@@ -177,7 +190,7 @@ def main() -> None:
     polars_key = ("selectivity", "polars group-by pipeline")
     sklearn_key = next(key for key in wall if key[1].startswith("scikit-learn"))
     for label, times in (("wall-clock", wall), ("CPU time", cpu)):
-        for layout in ("dense array", "long-format records"):
+        for layout in ("dense array", "long-format records", "long-format records, shuffled"):
             sel_x = times[polars_key] / times[("selectivity", f"singledir ({layout})")]
             mi_x = times[sklearn_key] / times[("MI", f"singledir ({layout})")]
             print(
