@@ -234,3 +234,24 @@ def test_record_then_stats_gives_direct_selectivity(tmp_path: object) -> None:
             if means[best] + rest > 1e-6:
                 ref = (means[best] - rest) / (means[best] + rest)
                 assert got[u] == pytest.approx(ref, rel=1e-5, abs=1e-6)
+
+
+def test_module_run_twice_is_refused() -> None:
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(4, 4)
+            self.fc2 = nn.Linear(4, 3)
+            self.act = nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc2(self.act(self.fc1(self.act(x))))
+
+    model = Shared().eval()
+    x, y = _xy(5, (4,), 3)
+    with pytest.raises(SiteError, match="runs 2 times"):
+        record_activation_arrays(model, (x, y), "act", progress=False)
+    arrays, _ = record_activation_arrays(model, (x, y), "fc1", progress=False)
+    with torch.no_grad():
+        np.testing.assert_allclose(arrays["fc1"], model.fc1(torch.relu(x)).numpy(), atol=1e-6)
+    assert _no_hooks(model)

@@ -10,6 +10,7 @@ all spatial positions (as in Morcos et al., 2018).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -130,10 +131,19 @@ def _n_samples(data: Any) -> int | None:
         return None
 
 
-def _resolve(model: nn.Module, layers: str | Sequence[str]) -> list[str]:
+def _resolve(model: nn.Module, layers: str | Sequence[str], sample_x: torch.Tensor) -> list[str]:
+    """Site names in forward order, as the ablation engine resolves them (a forward pass on
+    ``sample_x`` orders them and refuses a module that runs more than once)."""
     from singledir.sites import resolve_sites
 
-    sites = list(resolve_sites(model, layers))
+    try:
+        with torch.inference_mode():
+            sites = list(resolve_sites(model, layers, sample_x=sample_x))
+    except (RuntimeError, ValueError, IndexError) as exc:
+        raise InputError(
+            f"inputs of shape {tuple(sample_x.shape[1:])} do not fit the model "
+            f"({str(exc).splitlines()[0][:120]}): check the data set or --arch"
+        ) from None
     if not sites:
         raise SiteError("no sites selected: pass --layers all, lastN or module names")
     return sites
@@ -199,12 +209,16 @@ def record_activation_arrays(
     InputError
         Inputs whose shape does not fit the model.
     """
-    sites = _resolve(model, layers)
     modules = dict(model.named_modules())
     dev = _pick_device(device, model)
     bs = int(batch_size) if batch_size is not None else 512
     total = _n_samples(data)
-    chunks: dict[str, list[np.ndarray]] = {s: [] for s in sites}
+    param = next((p for p in model.parameters() if p.is_floating_point()), None)
+    dtype = param.dtype if param is not None else torch.float32
+    batches = iter_labeled_batches(data, bs)
+    first = next(batches)  # raises DataError on empty data
+    sites: list[str] = []
+    chunks: dict[str, list[np.ndarray]] = {}
     label_chunks: list[np.ndarray] = []
     current: dict[str, torch.Tensor] = {}
     # Sites are in forward order for singledir models; for others the last one to fire is
@@ -229,18 +243,23 @@ def record_activation_arrays(
         model.eval()
         if orig_device is not None and orig_device != dev:
             model.to(dev)
+        sample = first[0][:2].to(dev)
+        sample = sample.to(dtype) if sample.is_floating_point() else sample
+        sites = _resolve(model, layers, sample)
+        chunks.update({s: [] for s in sites})
         for s in sites:
             handles.append(modules[s].register_forward_hook(make_hook(s)))
         bar = make_progress(quiet=None if progress else True, transient=True)
         with bar:
             task = bar.add_task(f"recording {len(sites)} site(s)", total=total, status="")
             with torch.inference_mode():
-                for x, y in iter_labeled_batches(data, bs):
+                for x, y in itertools.chain([first], batches):
                     current.clear()
                     remaining.clear()
                     remaining.update(sites)
+                    xd = x.to(dev)
                     try:
-                        model(x.to(dev))
+                        model(xd.to(dtype) if xd.is_floating_point() else xd)
                     except _StopForward:
                         pass
                     except (RuntimeError, ValueError, IndexError) as exc:
