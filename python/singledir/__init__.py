@@ -39,6 +39,12 @@ from singledir.train import TrainConfig, TrainResult, evaluate
 
 # isort: split
 # --- ablation engine ---
+from singledir.ablation import ablation_auc, ablation_curves, summarize_curves, unit_importance
+from singledir.activations import record_activation_arrays, record_activations
+from singledir.noise import noise_auc, noise_curves
+from singledir.sites import resolve_sites
+
+# isort: split
 # --- experiments and reports ---
 from singledir.executors import make_executor
 from singledir.experiments import EXPERIMENT_NAMES, resolve_settings, run_experiment
@@ -82,6 +88,15 @@ __all__ = [
     "TrainResult",
     "evaluate",
     # --- ablation engine ---
+    "ablation_curves",
+    "summarize_curves",
+    "ablation_auc",
+    "unit_importance",
+    "noise_curves",
+    "noise_auc",
+    "resolve_sites",
+    "record_activations",
+    "record_activation_arrays",
     # --- experiments and reports ---
     "run_experiment",
     "resolve_settings",

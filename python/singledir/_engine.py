@@ -573,7 +573,7 @@ def parse_chain(children: Sequence[nn.Module], site_pos: int, site_ndim: int) ->
             return None
         var = bn.running_var
         assert isinstance(var, torch.Tensor)
-        scale = torch.rsqrt(var + bn.eps)
+        scale = torch.rsqrt(var + float(bn.eps))  # type: ignore[arg-type]
         if isinstance(bn.weight, torch.Tensor):
             scale = scale * bn.weight
         scale = scale.detach()

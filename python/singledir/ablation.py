@@ -514,9 +514,11 @@ def ablation_curves(
     with prepared(model, dev) as dtype, torch.no_grad():
         st = setup(model, data, layers, batch_size, dev, dtype)
         lv = ablation_levels(levels, st.n_units)
-        sc = _pooled_scores(scores, st.specs) if order != "random" else None
+        if order not in ("random", "ascending", "descending"):
+            raise InputError(f"unknown order {order!r}: choose random, ascending or descending")
         if order != "random" and scores is None:
             raise InputError(f"--order {order} needs per-unit scores: pass scores")
+        sc = _pooled_scores(scores, st.specs) if order != "random" else None
         orders = unit_orderings(st.n_units, orderings=orderings, order=order, scores=sc, seed=seed)
         runner = make_runner(model, st.sites, st.batches.sample_x, method)
         means = unit_moments(st, runner)[0] if value == "mean" else None

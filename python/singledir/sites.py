@@ -38,6 +38,17 @@ __all__ = [
 _LAST_N = re.compile(r"^last(\d+)$")
 
 
+@contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Eval mode inside the block (a probing pass must not update batch-norm statistics)."""
+    was = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
 @dataclass(frozen=True)
 class SiteSpec:
     """One site: its module name, unit count, per-sample output shape and the offset of its
@@ -93,7 +104,7 @@ def forward_order(
     try:
         for name in names:
             handles.append(modules[name].register_forward_hook(make_hook(name)))
-        with torch.no_grad():
+        with torch.no_grad(), _eval_mode(model):
             model(sample_x)
     finally:
         for h in handles:
@@ -231,7 +242,7 @@ def site_specs(model: nn.Module, sites: Sequence[str], sample_x: torch.Tensor) -
         return hook
 
     with site_hooks(model, {}, observers={s: make_hook(s) for s in sites}):
-        with torch.no_grad():
+        with torch.no_grad(), _eval_mode(model):
             try:
                 model(sample_x)
             except SiteError:
