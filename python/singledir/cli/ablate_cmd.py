@@ -238,12 +238,15 @@ def _parse_scales(scales: str) -> list[float]:
 
 
 def _sites_and_units(model: Any, layers: str, data: Any) -> tuple[list[str], dict[str, int]]:
+    import torch
+
     from singledir.sites import resolve_sites, site_units
 
-    sites = resolve_sites(model, layers)
     x = getattr(data, "x", None)
-    sample = x[:1] if x is not None else next(iter(data.loader(1)))[0]
-    return list(sites), dict(site_units(model, sites, sample))
+    sample = x[:2] if x is not None else next(iter(data.loader(2)))[0]
+    with torch.inference_mode():
+        sites = resolve_sites(model, layers, sample_x=sample)
+        return list(sites), dict(site_units(model, sites, sample))
 
 
 def _plot_path(plot: Path | None, out: Path, no_plot: bool) -> Path | None:
@@ -797,12 +800,10 @@ def record(
         test_size=test_size,
         device=device,
     )
-    from singledir.sites import resolve_sites
-
-    sites = list(resolve_sites(loaded.model, layers))
     arrays, labels = record_activation_arrays(
-        loaded.model, loaded.data, sites, batch_size=batch_size, device=device, progress=not quiet
+        loaded.model, loaded.data, layers, batch_size=batch_size, device=device, progress=not quiet
     )
+    sites = list(arrays)
     table = activations_to_long(arrays, labels)
     write_table(table, out)
     units = {s: int(a.shape[1]) for s, a in arrays.items()}
