@@ -466,6 +466,14 @@ def test_bad_checkpoints_and_data(
     _bad(["ablate", str(ckpts["nodata"]), "--out", out], capsys, tmp_path, "--dataset")
     _bad(["ablate", str(ckpts["big"]), "--out", out], capsys, tmp_path, "do not fit")
     _bad(["record", str(tmp_path / "missing.pt"), "--out", out], capsys, tmp_path, "missing.pt")
+    if not torch.cuda.is_available():
+        _bad(
+            ["record", str(ckpts["mlp"]), "--device", "cuda", "--out", out],
+            capsys,
+            tmp_path,
+            "--device cpu",
+        )
+    _bad(["record", str(ckpts["mlp"]), "--device", "tpu9", "--out", out], capsys, tmp_path, "tpu9")
     _bad(
         ["ablate", str(ckpts["mlp"]), "--out", str(tmp_path / "no" / "c.parquet")],
         capsys,
