@@ -99,17 +99,23 @@ def naive_curves(
 
 
 def naive_importance(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, site: str
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    site: str,
+    fills: Sequence[np.ndarray] | None = None,
+    units: Sequence[int] | None = None,
 ) -> list[tuple[int, float, int, np.ndarray]]:
-    """Per unit of ``site``: (correct, loss, borderline, per-class correct)."""
+    """Per unit of ``site`` (or of ``units``): (correct, loss, borderline, per-class
+    correct)."""
     m64 = as_double(model)
     n = site_shapes(m64, [site], x.double())[0]
     n_cls = int(m64(x[:1].double()).shape[1])
     out = []
-    for u in range(n):
+    for u in range(n) if units is None else units:
         ablated = np.zeros(n, dtype=bool)
         ablated[u] = True
-        lg = masked_logits(m64, x, [site], ablated)
+        lg = masked_logits(m64, x, [site], ablated, fills)
         c, loss, b = summarize(lg, y)
         hit = (lg.argmax(1) == y).long()
         per = torch.zeros(n_cls, dtype=torch.long).index_add_(0, y, hit).numpy()

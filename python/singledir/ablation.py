@@ -25,6 +25,7 @@ forward hook).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -627,13 +628,15 @@ def _importance_site(
     budget: int,
     bar: Any,
     task: Any,
+    incremental: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n = spec.n_units
     correct = torch.zeros(n, dtype=torch.long)
     loss = torch.zeros(n, dtype=torch.float64)
     per_class = torch.zeros(n, st.n_classes, dtype=torch.long)
     chain = None
-    if isinstance(runner, SequentialRunner):
+    spec = dataclasses.replace(spec, offset=0)  # masks below index this site's units only
+    if isinstance(runner, SequentialRunner) and incremental:
         chain = parse_chain(runner.children, runner.site_pos[0], len(spec.shape) + 1)
     units_all = torch.arange(n, device=st.device)
     for x, y in st.batches:
@@ -722,7 +725,9 @@ def unit_importance(
                     fill = unit_moments(sub, runner)[0][0]
                 elif value != "zero":
                     raise InputError(f"unknown ablation value {value!r}: choose zero or mean")
-                correct, loss, pcc = _importance_site(sub, spec, runner, fill, budget, bar, task)
+                correct, loss, pcc = _importance_site(
+                    sub, spec, runner, fill, budget, bar, task, method == "auto"
+                )
                 base_acc = float(base_c[0]) / n_samples
                 base_loss = float(base_l[0]) / n_samples
                 acc = correct.double().numpy() / n_samples
