@@ -59,15 +59,17 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict:
     return _LazyRuns(tmp_path_factory.mktemp("tiny"))
 
 
-def _trapezoid_auc(curves: pl.DataFrame) -> float:
-    """Mean over orderings of the trapezoid area under accuracy vs fraction (plain loops)."""
+def _trapezoid_auc(curves: pl.DataFrame, relative: bool = False) -> float:
+    """Mean over orderings of the trapezoid area under accuracy vs fraction (plain loops);
+    ``relative`` divides each ordering's area by its unablated accuracy."""
     areas = []
     for o in sorted(set(curves["ordering"].to_list())):
         part = curves.filter(pl.col("ordering") == o).sort("fraction_ablated")
         x = part["fraction_ablated"].to_list()
         y = part["accuracy"].to_list()
         area = sum((x[i + 1] - x[i]) * (y[i + 1] + y[i]) / 2 for i in range(len(x) - 1))
-        areas.append(area / (x[-1] - x[0]))
+        area /= x[-1] - x[0]
+        areas.append(area / y[0] if relative else area)
     return float(np.mean(areas))
 
 
@@ -159,7 +161,8 @@ def test_training_statistics_recomputed(tiny: dict) -> None:
         curves = pl.read_parquet(d / "curves.parquet")
         for row in part.iter_rows(named=True):
             sub = curves.filter((pl.col("epoch") == row["epoch"]) & (pl.col("seed") == seed))
-            assert row["auc"] == pytest.approx(_trapezoid_auc(sub), abs=1e-9)
+            assert row["auc"] == pytest.approx(_trapezoid_auc(sub, relative=True), abs=1e-9)
+            assert row["auc_absolute"] == pytest.approx(_trapezoid_auc(sub), abs=1e-9)
         claim = tiny["training"].claims[0]
         if after.height >= 3:
             rho = sps.spearmanr(after["test_loss"], after["auc"]).statistic
@@ -439,3 +442,30 @@ def test_progress_file_reports_phase_and_epoch(tmp_path: Path) -> None:
     with timer.phase("ablation"):
         assert _progress_of(tmp_path) == (0.85, "ablation")
     assert timer.seconds["ablation"] >= 0.0
+
+
+def test_all_gathers_every_experiment_into_one_report(tiny: dict, tmp_path: Path) -> None:
+    # Reuse the tiny runs (copied into the layout of `all`): only the reports are redone.
+    root = tmp_path / "all"
+    root.mkdir()
+    for name in EXPERIMENTS:
+        shutil.copytree(tiny[name].out_dir, root / name)
+    out = run_experiment("all", "tiny", None, root, executor="serial", progress=False)
+    assert out.runs_skipped == out.runs_total == sum(tiny[n].runs_total for n in EXPERIMENTS)
+    assert [c.statistic for c in out.claims] == [
+        c.statistic for n in EXPERIMENTS for c in tiny[n].claims
+    ]
+    manifest = json.loads((root / MANIFEST).read_text())
+    assert manifest["experiment"] == "all" and manifest["status"] == "complete"
+    html = out.report_html.read_text()
+    assert "All claims" in html
+    for name in EXPERIMENTS:
+        assert f"id='{name}'" in html
+    n_png = sum(len(list((root / n / "figures").glob("*.png"))) for n in EXPERIMENTS)
+    assert html.count("data:image/png;base64,") == n_png
+    md = out.report_md.read_text()
+    for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (root / link).exists()
+    # a single experiment may not write into the folder of `all`
+    with pytest.raises(ConfigError, match="holds results of experiment 'all'"):
+        run_experiment("corruption", "tiny", None, root, executor="serial")

@@ -135,7 +135,7 @@ def run_experiment(
     sections: list[Section] = []
     outcomes: list[ExperimentOutcome] = []
     try:
-        prepare_out_dir(out, key)
+        prepare_out_dir(out, key, tuple(EXPERIMENTS) if key == "all" else ())
         if key == "all":
             for n in names:
                 prepare_out_dir(out / n, n)

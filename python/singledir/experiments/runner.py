@@ -202,8 +202,11 @@ def _now() -> str:
     return _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def prepare_out_dir(out_dir: Path, experiment: str) -> None:
+def prepare_out_dir(out_dir: Path, experiment: str, subexperiments: tuple[str, ...] = ()) -> None:
     """Create ``out_dir`` or check that it holds results of this same ``experiment``.
+
+    ``subexperiments`` (for ``all``): a folder holding only those experiments' own result
+    folders (``OUT/<name>/manifest.json``) is accepted too.
 
     Raises
     ------
@@ -222,7 +225,12 @@ def prepare_out_dir(out_dir: Path, experiment: str) -> None:
                 f"choose another --out (e.g. results/{experiment}) or remove that folder"
             )
         return
-    if out_dir.is_dir() and any(p for p in out_dir.iterdir() if not p.name.startswith(".")):
+    entries = (
+        [p for p in out_dir.iterdir() if not p.name.startswith(".")] if out_dir.is_dir() else []
+    )
+    if entries and subexperiments and all(_holds_own(p, subexperiments) for p in entries):
+        return
+    if entries:
         raise ConfigError(
             f"{str(out_dir)!r} is not empty and holds no singledir results: "
             f"choose another --out (e.g. results/{experiment}) or an empty folder"
@@ -231,6 +239,16 @@ def prepare_out_dir(out_dir: Path, experiment: str) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create --out {str(out_dir)!r} ({exc.strerror}): fix it") from exc
+
+
+def _holds_own(path: Path, names: tuple[str, ...]) -> bool:
+    """True when ``path`` is the results folder of experiment ``path.name`` (one of names)."""
+    if not path.is_dir() or path.name not in names or not (path / MANIFEST).exists():
+        return False
+    try:
+        return bool(read_json(path / MANIFEST).get("experiment") == path.name)
+    except DataError:
+        return False
 
 
 def environment_info() -> dict[str, Any]:
