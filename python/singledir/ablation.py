@@ -255,30 +255,27 @@ def _fast_one_site(
     wt, bias, fill_r = _tail_affine(runner.children, tail, spec, fills[0])
     n_cls = wt.shape[1]
     lv = torch.as_tensor(levels, device=st.device)
-    correct = torch.zeros(n_ord, len(levels), dtype=torch.long)
-    loss = torch.zeros(n_ord, len(levels), dtype=torch.float64)
     orders_d = orders.to(st.device)
-    b_chunk = chunk_count(budget, 8.0 * (n + 1) * n_cls * 3, 4096)
-    n_batches = -(-st.batches.count() // st.batches.batch_size)
-    with make_progress(quiet=None if progress else True) as bar:
-        task = bar.add_task("ablation curves", total=n_batches, status="")
-        for x, y in st.batches:
-            h_all = runner.prefix(x)
-            for a in range(0, x.shape[0], b_chunk):
-                h = h_all[a : a + b_chunk]
-                yb = y[a : a + b_chunk]
-                r = _reduce(h, 1).double()  # (b, n)
-                logits0 = r @ wt.double() + bias.double()
-                contrib = (fill_r.double() - r).unsqueeze(-1) * wt.double()  # (b, n, C)
-                for o in range(n_ord):
-                    cs = torch.cumsum(contrib[:, orders_d[o]], dim=1)  # (b, n, C)
-                    cs = torch.cat([torch.zeros_like(cs[:, :1]), cs], dim=1)
-                    lg = (logits0.unsqueeze(1) + cs[:, lv]).transpose(0, 1)
-                    c, s = score(lg, yb)
-                    correct[o] += c
-                    loss[o] += s
-            bar.advance(task, 1)
-    return correct, loss
+    wt64, bias64, fill64 = wt.double(), bias.double(), fill_r.double()
+
+    def work(h: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        correct = torch.zeros(n_ord, len(levels), dtype=torch.long)
+        loss = torch.zeros(n_ord, len(levels), dtype=torch.float64)
+        r = _reduce(h, 1).double()  # (b, n)
+        logits0 = r @ wt64 + bias64
+        contrib = (fill64 - r).unsqueeze(-1) * wt64  # (b, n, C)
+        for o in range(n_ord):
+            cs = torch.cumsum(contrib[:, orders_d[o]], dim=1)  # (b, n, C)
+            cs = torch.cat([torch.zeros_like(cs[:, :1]), cs], dim=1)
+            lg = (logits0.unsqueeze(1) + cs[:, lv]).transpose(0, 1)
+            c, s = score(lg, yb)
+            correct[o] += c
+            loss[o] += s
+        return correct, loss
+
+    per_sample = 8.0 * (n + 1) * n_cls * 3 * _workers(st.device)
+    b_chunk = chunk_count(budget, per_sample, 256)
+    return _run_chunks(st, runner, work, b_chunk, n_ord, len(levels), progress)
 
 
 def _fast_two_sites(
@@ -352,65 +349,118 @@ def _fast_two_sites(
             (g0, g1, o_idx.to(dev), (i_idx + 1).to(dev), k_idx.to(dev), bounds, wc, per_level)
         )
 
-    correct = torch.zeros(n_ord, len(levels), dtype=torch.long)
-    loss = torch.zeros(n_ord, len(levels), dtype=torch.float64)
-    n_batches = -(-st.batches.count() // st.batches.batch_size)
     fill1 = fills[0]
+
+    def work(h1: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Correct counts and loss sums ``(O, L)`` for one chunk of samples."""
+        correct = torch.zeros(n_ord, len(levels), dtype=torch.long)
+        loss = torch.zeros(n_ord, len(levels), dtype=torch.float64)
+        b = h1.shape[0]
+        pre0 = chain1.run(children, h1)
+        d1 = (-h1 if fill1 is None else _fill_view(fill1, h1) - h1).transpose(0, 1)
+        d1 = d1.contiguous()  # (n1, b, *spatial)
+        for g0, g1, o_idx, l_idx, k_idx, bounds, wc, per_level in groups:
+            og = g1 - g0
+            pre = pre0.unsqueeze(0).repeat(og, *([1] * pre0.ndim))
+            vals = torch.empty(int(o_idx.numel()), b, dtype=st.dtype, device=dev)
+            starts = torch.empty(n1 + 1, og, n_cls, b, dtype=st.dtype, device=dev)
+            hbuf = torch.empty_like(pre) if relu_mid else None
+            for e in range(n1 + 1):
+                if relu_mid:
+                    h2 = torch.clamp_min(pre, 0, out=hbuf)
+                else:
+                    flat = pre.reshape(og * b, *pre.shape[2:])
+                    for m in mid:
+                        flat = m(flat)
+                    h2 = flat.view(og, b, *flat.shape[1:])
+                r2 = _reduce(h2, 2)  # (og, b, n2)
+                lo, hi = bounds[e], bounds[e + 1]
+                if hi > lo:  # site-2 activity at this segment's site-2 steps
+                    vals[lo:hi] = r2[o_idx[lo:hi], :, k_idx[lo:hi]]
+                wk = wt_t.unsqueeze(0) * keep[g0:g1, e].unsqueeze(1)  # (og, C, n2)
+                torch.baddbmm(
+                    fill_bias[g0:g1, e].unsqueeze(2), wk, r2.transpose(1, 2), out=starts[e]
+                )
+                if e < n1:  # one more site-1 unit: rank-1 / per-channel update
+                    if wc is not None:
+                        dcol = d1[seq1_d[g0:g1, e]]  # (og, b)
+                        pre.addcmul_(dcol.unsqueeze(-1), wc[e].unsqueeze(1))
+                    else:
+                        units = seq1_d[g0:g1, e]
+                        pre += chain1.contrib(d1[units], units)
+            gvals = torch.zeros(og, n + 1, b, dtype=st.dtype, device=dev)
+            gvals[o_idx, l_idx] = fill_r2[k_idx].unsqueeze(1) - vals
+            for oi in range(og):
+                steps, k_lv, seg_lv = per_level[oi]
+                lg = starts[seg_lv, oi]  # (N+1, C, b): segment-start logits
+                contrib = wt[k_lv].unsqueeze(2) * gvals[oi].unsqueeze(1)
+                for idx in steps:  # levels p steps into a segment add step p
+                    lg[idx] = lg[idx - 1] + contrib[idx]
+                c, s = score_mcb(lg[lv], yb)
+                correct[g0 + oi] += c
+                loss[g0 + oi] += s
+        return correct, loss
+
+    b_chunk = max(8, _TILE // (o_grp * pre_numel))
+    per_sample = o_grp * ((n1 + 1) * n_cls + (n + 1) * (n_cls + 1)) * 4 + pre_numel * 16
+    b_chunk = max(1, min(b_chunk, budget // (per_sample * _workers(dev))))
+    return _run_chunks(st, runner, work, b_chunk, n_ord, len(levels), progress)
+
+
+def _no_grad_call(fn: Any, args: tuple[Any, ...]) -> Any:
+    with torch.no_grad():  # grad mode is per thread
+        return fn(*args)
+
+
+def _workers(dev: torch.device) -> int:
+    return 1 if dev.type != "cpu" else max(1, torch.get_num_threads())
+
+
+def _run_chunks(
+    st: Setup,
+    runner: Runner,
+    work: Any,
+    b_chunk: int,
+    n_ord: int,
+    n_levels: int,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run ``work(site_output_chunk, labels_chunk)`` over sample chunks of every batch and
+    sum the results. On CPU the chunks go to a pool of threads, each running single-threaded
+    torch ops: the incremental walk is made of many small ops, and independent chunks scale
+    across cores without the per-op synchronization of intra-op threads (which collapses on a
+    busy machine)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    correct = torch.zeros(n_ord, n_levels, dtype=torch.long)
+    loss = torch.zeros(n_ord, n_levels, dtype=torch.float64)
+    n_batches = -(-st.batches.count() // st.batches.batch_size)
+    workers = _workers(st.device)
+    threads = torch.get_num_threads()
     with make_progress(quiet=None if progress else True) as bar:
         task = bar.add_task("ablation curves", total=n_batches, status="")
-        for x, y in st.batches:
-            h1_all = runner.prefix(x)
-            b_chunk = max(8, _TILE // (o_grp * pre_numel))
-            per_sample = o_grp * ((n1 + 1) * n_cls + (n + 1) * (n_cls + 1)) * 4 + pre_numel * 16
-            b_chunk = max(1, min(b_chunk, budget // per_sample))
-            for a in range(0, x.shape[0], b_chunk):
-                h1 = h1_all[a : a + b_chunk]
-                yb = y[a : a + b_chunk]
-                b = h1.shape[0]
-                pre0 = chain1.run(children, h1)
-                d1 = (-h1 if fill1 is None else _fill_view(fill1, h1) - h1).transpose(0, 1)
-                d1 = d1.contiguous()  # (n1, b, *spatial)
-                for g0, g1, o_idx, l_idx, k_idx, bounds, wc, per_level in groups:
-                    og = g1 - g0
-                    pre = pre0.unsqueeze(0).repeat(og, *([1] * pre0.ndim))
-                    vals = torch.empty(int(o_idx.numel()), b, dtype=st.dtype, device=dev)
-                    starts = torch.empty(n1 + 1, og, n_cls, b, dtype=st.dtype, device=dev)
-                    hbuf = torch.empty_like(pre) if relu_mid else None
-                    for e in range(n1 + 1):
-                        if relu_mid:
-                            h2 = torch.clamp_min(pre, 0, out=hbuf)
-                        else:
-                            flat = pre.reshape(og * b, *pre.shape[2:])
-                            for m in mid:
-                                flat = m(flat)
-                            h2 = flat.view(og, b, *flat.shape[1:])
-                        r2 = _reduce(h2, 2)  # (og, b, n2)
-                        lo, hi = bounds[e], bounds[e + 1]
-                        if hi > lo:
-                            vals[lo:hi] = r2[o_idx[lo:hi], :, k_idx[lo:hi]]
-                        wk = wt_t.unsqueeze(0) * keep[g0:g1, e].unsqueeze(1)  # (og, C, n2)
-                        torch.baddbmm(
-                            fill_bias[g0:g1, e].unsqueeze(2), wk, r2.transpose(1, 2), out=starts[e]
-                        )
-                        if e < n1:
-                            if wc is not None:
-                                dcol = d1[seq1_d[g0:g1, e]]  # (og, b)
-                                pre.addcmul_(dcol.unsqueeze(-1), wc[e].unsqueeze(1))
-                            else:
-                                units = seq1_d[g0:g1, e]
-                                pre += chain1.contrib(d1[units], units)
-                    gvals = torch.zeros(og, n + 1, b, dtype=st.dtype, device=dev)
-                    gvals[o_idx, l_idx] = fill_r2[k_idx].unsqueeze(1) - vals
-                    for oi in range(og):
-                        steps, k_lv, seg_lv = per_level[oi]
-                        lg = starts[seg_lv, oi]  # (N+1, C, b): segment-start logits
-                        contrib = wt[k_lv].unsqueeze(2) * gvals[oi].unsqueeze(1)
-                        for idx in steps:  # levels p steps into a segment add step p
-                            lg[idx] = lg[idx - 1] + contrib[idx]
-                        c, s = score_mcb(lg[lv], yb)
-                        correct[g0 + oi] += c
-                        loss[g0 + oi] += s
-            bar.advance(task, 1)
+        pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
+        try:
+            if pool is not None:
+                torch.set_num_threads(1)
+            for x, y in st.batches:
+                h_all = runner.prefix(x)
+                jobs = [
+                    (h_all[a : a + b_chunk], y[a : a + b_chunk])
+                    for a in range(0, x.shape[0], b_chunk)
+                ]
+                if pool is None:
+                    results = [work(h, yb) for h, yb in jobs]
+                else:
+                    results = list(pool.map(lambda job: _no_grad_call(work, job), jobs))
+                for c, s in results:
+                    correct += c
+                    loss += s
+                bar.advance(task, 1)
+        finally:
+            if pool is not None:
+                pool.shutdown()
+                torch.set_num_threads(threads)
     return correct, loss
 
 
