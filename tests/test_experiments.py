@@ -469,3 +469,13 @@ def test_all_gathers_every_experiment_into_one_report(tiny: dict, tmp_path: Path
     # a single experiment may not write into the folder of `all`
     with pytest.raises(ConfigError, match="holds results of experiment 'all'"):
         run_experiment("corruption", "tiny", None, root, executor="serial")
+
+
+def test_selectivity_loss_rise_correlation_recomputed(tiny: dict) -> None:
+    d = tiny["selectivity"].out_dir
+    units = pl.read_parquet(d / "units.parquet")
+    table = pl.read_parquet(d / "correlations.parquet")
+    for row in table.iter_rows(named=True):
+        part = units.filter(pl.col("layer") == row["layer"])
+        r = sps.pearsonr(part["selectivity"], part["loss_rise"]).statistic
+        assert row["r_selectivity_loss_rise"] == pytest.approx(r, abs=1e-9)

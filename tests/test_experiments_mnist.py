@@ -10,7 +10,6 @@ import numpy as np
 import polars as pl
 import pytest
 from scipy import stats as sps
-
 from singledir.experiments import run_experiment
 from singledir.report import HOLDS
 

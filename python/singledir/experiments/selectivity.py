@@ -67,12 +67,15 @@ def run(spec: dict[str, Any], run_dir: Path, timer: PhaseTimer) -> dict[str, Any
     return {"units": units.height, **final_metrics(result)}
 
 
-def layer_correlations(units: pl.DataFrame, score: str) -> pl.DataFrame:
-    """Pearson and Spearman correlation of ``score`` with the accuracy drop, per layer."""
+def layer_correlations(
+    units: pl.DataFrame, score: str, importance: str = "accuracy_drop"
+) -> pl.DataFrame:
+    """Pearson and Spearman correlation of ``score`` with ``importance`` (the accuracy drop,
+    or the loss rise), per layer."""
     from singledir.stats import score_correlations
 
     return score_correlations(
-        units[score].to_numpy(), units["accuracy_drop"].to_numpy(), units["layer"].to_numpy()
+        units[score].to_numpy(), units[importance].to_numpy(), units["layer"].to_numpy()
     ).rename({"group": "layer"})
 
 
@@ -116,6 +119,13 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
             ),
             on="layer",
         )
+        if "loss_rise" in units.columns:
+            # The accuracy drop of one unit is quantised (1 / samples); the loss rise is not.
+            loss_sel = layer_correlations(units, "selectivity", "loss_rise")
+            table = table.join(
+                loss_sel.select("layer", pl.col("pearson").alias("r_selectivity_loss_rise")),
+                on="layer",
+            )
         write_table(table, out_dir / "correlations.parquet")
         claims = [
             _claim(corr_sel, "selectivity", "Class selectivity"),
