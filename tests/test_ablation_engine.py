@@ -448,3 +448,15 @@ def test_auc_of_flat_curve_is_its_accuracy() -> None:
     assert ablation_auc(df, relative=True) == pytest.approx(1.0)
     with pytest.raises(InputError):
         ablation_auc(df.drop("accuracy"))
+
+
+def test_default_sites_without_sample() -> None:
+    assert resolve_sites(_UserNet(), "all") == ["body.1", "act"]
+    assert resolve_sites(_UserNet(), "last1") == ["act"]
+    assert resolve_sites(_UserNet(), "act,body.1") == ["body.1", "act"]  # forward order
+    net = _resnet()
+    del net.site_names
+    # torchvision blocks reuse one ReLU module: only the stem's runs once
+    assert resolve_sites(net, "all") == ["relu"]
+    assert resolve_sites(net, "layer4.1,layer1.0") == ["layer1.0", "layer4.1"]
+    assert resolve_sites(_mlp(), "relu2,relu1") == ["relu1", "relu2"]

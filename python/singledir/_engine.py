@@ -113,6 +113,7 @@ class Batches:
         if first is None or first[0].shape[0] == 0:
             raise InputError("the data set is empty: pass at least one sample")
         self.sample_x = first[0][:2].to(device, dtype)
+        self._count: int | None = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in iter_batches(self.data, self.batch_size):
@@ -121,9 +122,28 @@ class Batches:
             yield x.to(self.device, self.dtype), y.to(self.device)
 
     def count(self) -> int:
+        """Number of samples (from the data's length when it has one, else by a pass)."""
+        from torch.utils.data import DataLoader
+        if self._count is not None:
+            return self._count
+        d = self.data
+        n_known: int | None = None
+        if isinstance(d, tuple | list) and len(d) == 2:
+            n_known = int(_tensor(d[0], "inputs").shape[0])
+        elif isinstance(getattr(d, "x", None), torch.Tensor):
+            n_known = int(d.x.shape[0])
+        elif isinstance(d, DataLoader):
+            if d.batch_size is not None and not d.drop_last and hasattr(d.sampler, "__len__"):
+                n_known = len(d.sampler)  # type: ignore[arg-type]
+        elif hasattr(d, "__len__") and hasattr(d, "__getitem__"):
+            n_known = len(d)
+        if n_known is not None:
+            self._count = n_known
+            return n_known
         n = 0
         for x, _ in iter_batches(self.data, self.batch_size):
             n += int(x.shape[0])
+        self._count = n
         return n
 
 
