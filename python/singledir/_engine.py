@@ -124,6 +124,7 @@ class Batches:
     def count(self) -> int:
         """Number of samples (from the data's length when it has one, else by a pass)."""
         from torch.utils.data import DataLoader
+
         if self._count is not None:
             return self._count
         d = self.data
