@@ -56,6 +56,7 @@ mod _core {
     #[allow(clippy::too_many_arguments)]
     fn options(
         n_classes: usize,
+        moments: bool,
         negative: Option<&str>,
         mutual_info: bool,
         bins: usize,
@@ -66,6 +67,7 @@ mod _core {
     ) -> PyResult<SummaryOptions> {
         Ok(SummaryOptions {
             n_classes,
+            moments,
             selectivity: negative.map(NegativePolicy::parse).transpose()?,
             mutual_info: if mutual_info {
                 Some(MiOptions {
@@ -109,7 +111,7 @@ mod _core {
     /// Per-unit statistics of a dense (n_samples, n_units) float32 array.
     #[pyfunction]
     #[pyo3(signature = (acts, labels, n_classes, *, negative=Some("error"), mutual_info=true,
-        bins=10, binning="equal_width", miller_madow=false, shuffles=0, seed=0))]
+        bins=10, binning="equal_width", miller_madow=false, shuffles=0, seed=0, moments=true))]
     #[allow(clippy::too_many_arguments)]
     fn dense_unit_summary<'py>(
         py: Python<'py>,
@@ -123,9 +125,11 @@ mod _core {
         miller_madow: bool,
         shuffles: usize,
         seed: u64,
+        moments: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let opts = options(
             n_classes,
+            moments,
             negative,
             mutual_info,
             bins,
@@ -145,7 +149,8 @@ mod _core {
     /// Per-unit statistics of long-format records (unit, label, value) for units 0..n_units.
     #[pyfunction]
     #[pyo3(signature = (units, labels, values, n_units, n_classes, *, negative=Some("error"),
-        mutual_info=true, bins=10, binning="equal_width", miller_madow=false, shuffles=0, seed=0))]
+        mutual_info=true, bins=10, binning="equal_width", miller_madow=false, shuffles=0, seed=0,
+        moments=true))]
     #[allow(clippy::too_many_arguments)]
     fn long_unit_summary<'py>(
         py: Python<'py>,
@@ -161,9 +166,11 @@ mod _core {
         miller_madow: bool,
         shuffles: usize,
         seed: u64,
+        moments: bool,
     ) -> PyResult<Bound<'py, PyDict>> {
         let opts = options(
             n_classes,
+            moments,
             negative,
             mutual_info,
             bins,

@@ -202,6 +202,20 @@ def test_mi_miller_madow_and_normalization(data, bins, binning):
     assert np.all(norm <= 1 + 1e-12)
 
 
+def test_mi_equals_sklearn_over_many_row_chunks():
+    # Enough samples for the MI-only kernel to split the rows into several chunks.
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 7, 2100)
+    y[:7] = np.arange(7)
+    a = (rng.normal(size=(2100, 33)) + y[:, None] * rng.random(33)).astype(np.float32)
+    for binning in ("equal_width", "equal_frequency"):
+        mi = sd.mutual_information(a, y, bins=9, binning=binning)
+        np.testing.assert_allclose(mi, ref_mi_bits(a, y, 9, binning), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(
+            mi, sd.unit_stats(a, y, bins=9, binning=binning, negative="shift")["mutual_info"]
+        )
+
+
 def test_mi_perfect_code_is_class_entropy():
     y = np.repeat(np.arange(4), 25)
     a = y[:, None].astype(np.float32)
@@ -396,6 +410,7 @@ THREAD_SCRIPT = textwrap.dedent(
     d = _core.long_unit_summary(u, y[s], a.ravel()[order], units, k, shuffles=2)
     out["long"] = hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes()
                                   for v in d.values())).hexdigest()
+    out["mi"] = sd.mutual_information(a, y, bias_correction=True).tolist()
     x = rng.random(5000)
     out["rank"] = sd.rank_units(np.round(x, 2), descending=True).tolist()[:50]
     out["corr"] = sd.score_correlations(x, x ** 2, np.arange(5000) % 7).to_dicts()

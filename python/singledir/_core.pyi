@@ -22,6 +22,7 @@ def dense_unit_summary(
     miller_madow: bool = False,
     shuffles: int = 0,
     seed: int = 0,
+    moments: bool = True,
 ) -> dict[str, NDArray[Any]]: ...
 def long_unit_summary(
     units: NDArray[np.int64],
@@ -37,6 +38,7 @@ def long_unit_summary(
     miller_madow: bool = False,
     shuffles: int = 0,
     seed: int = 0,
+    moments: bool = True,
 ) -> dict[str, NDArray[Any]]: ...
 def stable_order(scores: NDArray[np.float64], descending: bool = False) -> NDArray[np.int64]: ...
 def group_correlations(

@@ -291,6 +291,7 @@ def mutual_information(
         miller_madow=bool(bias_correction),
         shuffles=shuffles,
         seed=seed,
+        moments=False,
     )
     return _combine_mi(d, shuffles, normalize)
 

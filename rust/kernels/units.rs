@@ -84,6 +84,10 @@ pub struct SummaryOptions {
     pub selectivity: Option<NegativePolicy>,
     /// Mutual information (None: skip, the `mi*` vectors stay empty).
     pub mutual_info: Option<MiOptions>,
+    /// Class means, mean, std and fraction active (false: left NaN, which lets a call that
+    /// wants only MI skip their work; counts, min and max are always computed). Selectivity
+    /// needs them and turns them on.
+    pub moments: bool,
 }
 
 /// Flat per-unit results; `(n_units, n_classes)` tables are row-major. A unit without any
@@ -353,6 +357,148 @@ fn summarize_column(
 /// Largest per-block contingency table (cells) of the row-wise dense path.
 const ROW_PATH_MAX_CELLS: usize = 1 << 20;
 
+fn wants_moments(opts: &SummaryOptions) -> bool {
+    opts.moments || opts.selectivity.is_some()
+}
+
+/// Rows per chunk of the sequential MI-only dense path.
+const MI_ROW_CHUNK: usize = 512;
+
+/// Largest `n_units * bins * n_classes` table of the sequential MI-only path (per thread).
+const MI_SEQUENTIAL_MAX_CELLS: usize = 1 << 22;
+
+/// Options of the sequential MI-only path: equal width, no shuffles, no moments.
+fn sequential_mi_applies(opts: &SummaryOptions, n_units: usize) -> Option<MiOptions> {
+    let mo = opts.mutual_info?;
+    let fits = n_units * mo.bins * opts.n_classes <= MI_SEQUENTIAL_MAX_CELLS;
+    (!wants_moments(opts) && mo.binning == Binning::EqualWidth && mo.shuffles == 0 && fits)
+        .then_some(mo)
+}
+
+/// MI only, reading the dense array in row order (the fastest access): chunks of rows give
+/// per-unit min/max, then per-unit contingency tables. Every merge is exact (min, max, integer
+/// counts), so the order of merging, and hence the thread count, cannot change the result,
+/// which equals the per-unit path's.
+fn mi_only_sequential(
+    acts: &[f32],
+    n_units: usize,
+    labels: &[u32],
+    opts: &SummaryOptions,
+    mo: &MiOptions,
+) -> KernelResult<Vec<UnitRow>> {
+    let k = opts.n_classes;
+    let chunk = MI_ROW_CHUNK * n_units;
+    type Extremes = (Vec<f32>, Vec<f32>, Vec<f32>);
+    let fresh = || -> Extremes {
+        (
+            vec![f32::INFINITY; n_units],
+            vec![f32::NEG_INFINITY; n_units],
+            vec![0f32; n_units],
+        )
+    };
+    let (lo, hi, check) = acts
+        .par_chunks(chunk)
+        .fold(fresh, |(mut lo, mut hi, mut check), block| {
+            for row in block.chunks_exact(n_units) {
+                for j in 0..n_units {
+                    let x = row[j];
+                    lo[j] = if x < lo[j] { x } else { lo[j] };
+                    hi[j] = if x > hi[j] { x } else { hi[j] };
+                    check[j] += x * 0.0; // NaN unless x is finite
+                }
+            }
+            (lo, hi, check)
+        })
+        .reduce(fresh, |(mut lo, mut hi, mut check), (lo2, hi2, check2)| {
+            for j in 0..n_units {
+                lo[j] = if lo2[j] < lo[j] { lo2[j] } else { lo[j] };
+                hi[j] = if hi2[j] > hi[j] { hi2[j] } else { hi[j] };
+                check[j] += check2[j];
+            }
+            (lo, hi, check)
+        });
+    if let Some(j) = check.iter().position(|c| !c.is_finite()) {
+        let (s, x) = acts
+            .chunks_exact(n_units)
+            .map(|r| r[j])
+            .enumerate()
+            .find(|(_, x)| !x.is_finite())
+            .unwrap_or((0, f32::NAN));
+        return Err(non_finite(j, x, s));
+    }
+    let bins = mo.bins;
+    let last = (bins - 1) as i32;
+    let base: Vec<f64> = lo.iter().map(|&v| v as f64).collect();
+    let scale: Vec<f64> = (0..n_units)
+        .map(|j| {
+            if hi[j] <= lo[j] {
+                0.0
+            } else {
+                bins as f64 / (hi[j] as f64 - lo[j] as f64)
+            }
+        })
+        .collect();
+    let cells = n_units * bins * k;
+    let tables = acts
+        .par_chunks(chunk)
+        .enumerate()
+        .fold(
+            || vec![0u32; cells],
+            |mut table, (i, block)| {
+                let mut codes = vec![0u32; n_units];
+                for (r, row) in block.chunks_exact(n_units).enumerate() {
+                    let c = labels[i * MI_ROW_CHUNK + r] as usize;
+                    for j in 0..n_units {
+                        // As in `bin_codes`: 0 <= value <= bins, so the conversion is floor.
+                        codes[j] = (((row[j] as f64 - base[j]) * scale[j]) as i32).min(last) as u32;
+                    }
+                    for (j, &b) in codes.iter().enumerate() {
+                        table[(j * bins + b as usize) * k + c] += 1;
+                    }
+                }
+                table
+            },
+        )
+        .reduce(
+            || vec![0u32; cells],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        );
+    let mut counts = vec![0u64; k];
+    for &c in labels {
+        counts[c as usize] += 1;
+    }
+    let n = labels.len() as u64;
+    let mut table64 = vec![0u64; bins * k];
+    Ok((0..n_units)
+        .map(|j| {
+            for (t, &v) in table64
+                .iter_mut()
+                .zip(&tables[j * bins * k..(j + 1) * bins * k])
+            {
+                *t = v as u64;
+            }
+            UnitRow {
+                n,
+                counts: counts.clone(),
+                means: vec![f64::NAN; k],
+                mean: f64::NAN,
+                std: f64::NAN,
+                min: lo[j] as f64,
+                max: hi[j] as f64,
+                active: f64::NAN,
+                si: f64::NAN,
+                preferred: -1,
+                mi: mi_from_table(&table64, bins, k, mo.miller_madow),
+                mi_shuffled: f64::NAN,
+                class_entropy: entropy_bits(&counts),
+            }
+        })
+        .collect())
+}
+
 /// Whether a dense block can skip the transpose: equal-width (or no) MI without shuffles.
 fn row_path_applies(opts: &SummaryOptions) -> bool {
     match &opts.mutual_info {
@@ -383,7 +529,32 @@ fn summarize_block_rows(
     let (mut s1, mut s2) = (vec![0f64; w], vec![0f64; w]);
     let (mut lo, mut hi) = (vec![f32::INFINITY; w], vec![f32::NEG_INFINITY; w]);
     let mut active = vec![0u64; w];
+    if !wants_moments(opts) {
+        // MI only: counts, min, max and a finiteness flag (selects, so the loop vectorizes).
+        // `x * 0` is 0 for a finite x and NaN otherwise, so `check` ends NaN on a bad value.
+        let mut check = vec![0f32; w];
+        for (s, row) in acts.chunks_exact(n_units).enumerate() {
+            prefetch_row_segment(acts, (s + PREFETCH_ROWS) * n_units + u0, w);
+            let row = &row[u0..u0 + w];
+            counts[labels[s] as usize] += 1;
+            let (lo, hi, check) = (&mut lo[..w], &mut hi[..w], &mut check[..w]);
+            for j in 0..w {
+                let x = row[j];
+                lo[j] = if x < lo[j] { x } else { lo[j] };
+                hi[j] = if x > hi[j] { x } else { hi[j] };
+                check[j] += x * 0.0;
+            }
+        }
+        for (j, c) in check.iter().enumerate() {
+            if !c.is_finite() {
+                s1[j] = f64::NAN; // reported below
+            }
+        }
+    }
     for (s, row) in acts.chunks_exact(n_units).enumerate() {
+        if !wants_moments(opts) {
+            break;
+        }
         prefetch_row_segment(acts, (s + PREFETCH_ROWS) * n_units + u0, w);
         let row = &row[u0..u0 + w];
         let c = labels[s] as usize;
@@ -462,7 +633,8 @@ fn summarize_block_rows(
             let row = &row[u0..u0 + w];
             let c = labels[s] as usize;
             for j in 0..w {
-                codes[j] = (((row[j] as f64 - base[j]) * scale[j]) as u32).min(last);
+                // 0 <= value <= bins (x >= min): the i32 conversion is exact floor.
+                codes[j] = (((row[j] as f64 - base[j]) * scale[j]) as i32).min(last as i32) as u32;
             }
             for (j, &b) in codes.iter().enumerate() {
                 tables[(j * bins + b as usize) * k + c] += 1;
@@ -482,7 +654,13 @@ fn summarize_block_rows(
     Ok(rows)
 }
 
-fn assemble(rows: Vec<UnitRow>, opts: &SummaryOptions) -> UnitSummary {
+fn assemble(mut rows: Vec<UnitRow>, opts: &SummaryOptions) -> UnitSummary {
+    if !wants_moments(opts) {
+        for r in &mut rows {
+            r.means.iter_mut().for_each(|m| *m = f64::NAN);
+            (r.mean, r.std, r.active) = (f64::NAN, f64::NAN, f64::NAN);
+        }
+    }
     let n_units = rows.len();
     let mut s = UnitSummary {
         n_units,
@@ -551,6 +729,12 @@ pub fn summarize_dense(
         )));
     }
     let labels = check_labels(labels, opts.n_classes)?;
+    if let Some(mo) = sequential_mi_applies(opts, n_units) {
+        return Ok(assemble(
+            mi_only_sequential(acts, n_units, &labels, opts, &mo)?,
+            opts,
+        ));
+    }
     let n_blocks = n_units.div_ceil(UNIT_BLOCK);
     let parts: Vec<KernelResult<Vec<UnitRow>>> = (0..n_blocks)
         .into_par_iter()
@@ -756,6 +940,7 @@ mod tests {
         SummaryOptions {
             n_classes: k,
             selectivity: Some(NegativePolicy::Error),
+            moments: true,
             mutual_info: mi.then_some(MiOptions {
                 bins: 4,
                 binning: Binning::EqualWidth,
@@ -903,6 +1088,9 @@ mod tests {
         row_path.mutual_info.as_mut().unwrap().shuffles = 0;
         row_path.mutual_info.as_mut().unwrap().miller_madow = true;
         variants.push(row_path);
+        let mut mi_only = row_path;
+        (mi_only.selectivity, mi_only.moments) = (None, false);
+        variants.push(mi_only);
         let mut freq = o;
         freq.mutual_info.as_mut().unwrap().binning = Binning::EqualFrequency;
         variants.push(freq);
@@ -925,6 +1113,44 @@ mod tests {
                 assert_same(&dense, &again);
             }
         }
+    }
+
+    #[test]
+    fn sequential_mi_path_over_many_row_chunks() {
+        let (n, u, k) = (MI_ROW_CHUNK * 3 + 7, 21, 5);
+        let (acts, labels) = data(n, u, k);
+        let mut o = opts(k, true);
+        (o.selectivity, o.moments) = (None, false);
+        o.mutual_info.as_mut().unwrap().shuffles = 0;
+        assert!(sequential_mi_applies(&o, u).is_some());
+        let dense = summarize_dense(&acts, n, u, &labels, &o).unwrap();
+        let mut units_l = Vec::new();
+        let mut labels_l = Vec::new();
+        let mut values_l = Vec::new();
+        for unit in 0..u {
+            for s in 0..n {
+                units_l.push(unit as i64);
+                labels_l.push(labels[s]);
+                values_l.push(acts[s * u + unit]);
+            }
+        }
+        let long = summarize_long(&units_l, &labels_l, &values_l, u, &o).unwrap();
+        assert_same(&dense, &long);
+        for threads in [1, 2, 5] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let again = pool.install(|| summarize_dense(&acts, n, u, &labels, &o).unwrap());
+            assert_same(&dense, &again);
+        }
+        let mut bad = acts.clone();
+        bad[(MI_ROW_CHUNK + 3) * u + 4] = f32::INFINITY;
+        let err = summarize_dense(&bad, n, u, &labels, &o).unwrap_err();
+        assert!(err.to_string().contains(&format!(
+            "unit 4 has a non-finite activity (inf) at sample {}",
+            MI_ROW_CHUNK + 3
+        )));
     }
 
     #[test]
@@ -964,6 +1190,16 @@ mod timing {
                 SummaryOptions {
                     n_classes: k,
                     selectivity: Some(NegativePolicy::Error),
+                    moments: true,
+                    mutual_info: None,
+                },
+            ),
+            (
+                "pass1",
+                SummaryOptions {
+                    n_classes: k,
+                    selectivity: None,
+                    moments: false,
                     mutual_info: None,
                 },
             ),
@@ -972,6 +1208,7 @@ mod timing {
                 SummaryOptions {
                     n_classes: k,
                     selectivity: None,
+                    moments: false,
                     mutual_info: Some(MiOptions {
                         bins: 10,
                         binning: Binning::EqualWidth,
@@ -986,6 +1223,7 @@ mod timing {
                 SummaryOptions {
                     n_classes: k,
                     selectivity: None,
+                    moments: false,
                     mutual_info: Some(MiOptions {
                         bins: 10,
                         binning: Binning::EqualFrequency,
@@ -1009,6 +1247,7 @@ mod timing {
             let o = SummaryOptions {
                 n_classes: k,
                 selectivity: Some(NegativePolicy::Error),
+                moments: true,
                 mutual_info: None,
             };
             let t = std::time::Instant::now();
