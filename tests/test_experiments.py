@@ -479,3 +479,26 @@ def test_selectivity_loss_rise_correlation_recomputed(tiny: dict) -> None:
         part = units.filter(pl.col("layer") == row["layer"])
         r = sps.pearsonr(part["selectivity"], part["loss_rise"]).statistic
         assert row["r_selectivity_loss_rise"] == pytest.approx(r, abs=1e-9)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "mnist", "imagenet"])
+def test_paper_preset_plans_valid_training_configs(dataset: str) -> None:
+    from singledir.experiments import experiment_module
+    from singledir.train import TrainConfig
+
+    for name in EXPERIMENTS:
+        s = resolve_settings(name, "paper", {"dataset": dataset})
+        specs = experiment_module(name).plan(s)
+        assert specs and len({sp["run_id"] for sp in specs}) == len(specs)
+        for sp in specs:
+            cfg = TrainConfig.from_dict(sp["train"])
+            cfg.validate()
+            assert cfg.dataset == dataset and cfg.device == "auto"
+    assert resolve_settings("ensemble", "paper").ensemble_size == 50
+
+
+def test_refused_plan_leaves_nothing(tmp_path: Path) -> None:
+    over = {"dataset": "imagenet", "sweep_widths": (1.0, 2.0)}
+    with pytest.raises(ConfigError, match="--sweep-widths applies to mlp and convnet11"):
+        run_experiment("selection", "paper", over, tmp_path / "x", executor="serial")
+    assert not (tmp_path / "x").exists()

@@ -23,7 +23,7 @@ def _lists(**values: str | None) -> dict[str, Any]:
         "dropouts": float,
         "sweep_lrs": float,
         "sweep_batch_sizes": int,
-        "sweep_widths": int,
+        "sweep_widths": float,
     }
     out: dict[str, Any] = {}
     for key, text in values.items():
@@ -73,7 +73,9 @@ def reproduce(
     dropout_corrupt: float | None = typer.Option(None, help="corruption of the dropout nets"),
     sweep_lrs: str | None = typer.Option(None, help="learning rates of the sweep"),
     sweep_batch_sizes: str | None = typer.Option(None, help="batch sizes of the sweep"),
-    sweep_widths: str | None = typer.Option(None, help="hidden widths of the sweep"),
+    sweep_widths: str | None = typer.Option(
+        None, help="MLP widths (ConvNet11 multipliers) of the sweep"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Reproduce one analysis of the paper (or `all`): train the nets, ablate, measure, and

@@ -124,6 +124,8 @@ def run_experiment(
         raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}")
     names = list(EXPERIMENTS) if key == "all" else [key]
     settings = {n: resolve_settings(n, preset, overrides) for n in names}
+    # Planned before anything is written, so that a setting the plan refuses leaves no trace.
+    plans = {n: experiment_module(n).plan(settings[n]) for n in names}
     out = Path(out_dir) if out_dir is not None else Path("results") / key
     own_executor = not isinstance(executor, Executor)
     # Built before anything is written: a bad executor choice or an unreachable Ray
@@ -143,7 +145,7 @@ def run_experiment(
             write_json(out / MANIFEST, {"experiment": "all", "preset": preset, "status": "running"})
         for n in names:
             sub_out = out / n if key == "all" else out
-            outcome, section = _run_one(n, settings[n], sub_out, ex, progress)
+            outcome, section = _run_one(n, settings[n], plans[n], sub_out, ex, progress)
             sections.append(section)
             outcomes.append(outcome)
     finally:
@@ -197,11 +199,15 @@ def run_experiment(
 
 
 def _run_one(
-    name: str, s: Settings, out: Path, ex: Executor, progress: bool | None
+    name: str,
+    s: Settings,
+    specs: list[dict[str, Any]],
+    out: Path,
+    ex: Executor,
+    progress: bool | None,
 ) -> tuple[ExperimentOutcome, Section]:
     module = experiment_module(name)
     t0 = time.perf_counter()
-    specs = module.plan(s)
     manifest_path = out / MANIFEST
     started = _now()
     if manifest_path.exists():

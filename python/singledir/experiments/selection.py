@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from singledir.errors import ConfigError
 from singledir.experiments import figures
 from singledir.experiments.common import analysis_params, load_model, run_ablation
 from singledir.experiments.runner import (
@@ -39,16 +40,31 @@ TOP_K = (1, 5, 10)
 
 
 def grid(s: Settings) -> list[dict[str, Any]]:
-    """The hyper-parameter settings of the sweep (learning rate x batch size x width)."""
+    """The hyper-parameter settings of the sweep (learning rate x batch size x width).
+
+    A width is the hidden width of every layer for an MLP and the channel multiplier for
+    ConvNet11; ResNets have no width to sweep (give a single value).
+    """
+    if s.model not in ("mlp", "convnet11") and len(s.sweep_widths) > 1:
+        raise ConfigError(
+            f"--sweep-widths applies to mlp and convnet11, not {s.model}: give one value"
+        )
     depth = len(s.widths)
-    return [
-        {"lr": float(lr), "batch_size": int(bs), "width": int(w), "widths": [int(w)] * depth}
-        for lr, bs, w in itertools.product(s.sweep_lrs, s.sweep_batch_sizes, s.sweep_widths)
-    ]
+    settings = []
+    for lr, bs, w in itertools.product(s.sweep_lrs, s.sweep_batch_sizes, s.sweep_widths):
+        g: dict[str, Any] = {"lr": float(lr), "batch_size": int(bs)}
+        if s.model == "mlp":
+            g.update(width=int(w), train={"widths": [int(w)] * depth})
+        elif s.model == "convnet11":
+            g.update(width=float(w), train={"width": float(w)})
+        else:
+            g.update(width=float(w), train={})
+        settings.append(g)
+    return settings
 
 
 def _setting_id(g: dict[str, Any]) -> str:
-    return f"lr{g['lr']:g}-bs{g['batch_size']}-w{g['width']}"
+    return f"lr{g['lr']:g}-bs{g['batch_size']}-w{g['width']:g}"
 
 
 def plan(s: Settings) -> list[dict[str, Any]]:
@@ -56,9 +72,7 @@ def plan(s: Settings) -> list[dict[str, Any]]:
     specs = []
     for g in grid(s):
         for seed in seeds_of(s):
-            train = train_config(
-                s, seed=seed, lr=g["lr"], batch_size=g["batch_size"], widths=g["widths"]
-            )
+            train = train_config(s, seed=seed, lr=g["lr"], batch_size=g["batch_size"], **g["train"])
             cond = {
                 "setting": _setting_id(g),
                 "lr": g["lr"],

@@ -87,7 +87,7 @@ class Settings:
     dropout_corrupt: float = 1.0
     sweep_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     sweep_batch_sizes: tuple[int, ...] = (16, 64)
-    sweep_widths: tuple[int, ...] = (64, 128)
+    sweep_widths: tuple[float, ...] = (64, 128)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -212,6 +212,7 @@ _PAPER_DATASET: dict[str, dict[str, Any]] = {
         "batch_size": 128,
         "schedule": "cosine",
         "weight_decay": 0.0,
+        "sweep_widths": (0.5, 1.0),
     },
     "imagenet": {
         "model": "resnet50",
@@ -222,6 +223,7 @@ _PAPER_DATASET: dict[str, dict[str, Any]] = {
         "schedule": "step",
         "weight_decay": 1e-4,
         "ablation_samples": 10_000,
+        "sweep_widths": (1.0,),
     },
 }
 
@@ -274,7 +276,7 @@ def resolve_settings(
     else:
         values["model"] = _MODEL_FOR[dataset]
         if dataset == "cifar10":
-            values.update({"width": 0.25, "small_input": True})
+            values.update({"width": 0.25, "small_input": True, "sweep_widths": (0.125, 0.25)})
         if dataset != "digits" and preset == "quick":
             # An MNIST subset keeps the quick preset within minutes on two cores.
             values.setdefault("train_size", 2000)
