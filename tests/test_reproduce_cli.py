@@ -105,3 +105,16 @@ def test_help_has_example(monkeypatch: pytest.MonkeyPatch, capsys: pytest.Captur
     code = _run(["reproduce", "--help"], monkeypatch)
     out = " ".join(capsys.readouterr().out.split())
     assert code == 0 and "Example: singledir reproduce corruption" in out
+
+
+def test_missing_dataset_fails_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("SINGLEDIR_DATA", raising=False)
+    out = tmp_path / "r"
+    argv = ["reproduce", "corruption", "--dataset", "mnist", "--data-dir", str(tmp_path / "no")]
+    code = _run([*argv, "--out", str(out)], monkeypatch)
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().startswith("error:") and "Traceback" not in err
+    assert "mnist" in err.lower()
+    assert not out.exists()

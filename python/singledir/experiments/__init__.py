@@ -126,6 +126,7 @@ def run_experiment(
     settings = {n: resolve_settings(n, preset, overrides) for n in names}
     # Planned before anything is written, so that a setting the plan refuses leaves no trace.
     plans = {n: experiment_module(n).plan(settings[n]) for n in names}
+    _check_data(settings[names[0]])
     out = Path(out_dir) if out_dir is not None else Path("results") / key
     own_executor = not isinstance(executor, Executor)
     # Built before anything is written: a bad executor choice or an unreachable Ray
@@ -196,6 +197,15 @@ def run_experiment(
         timings=timer.seconds,
         wall_s=wall,
     )
+
+
+def _check_data(s: Settings) -> None:
+    """Fail before any work when the dataset cannot be found (DataError, one line)."""
+    if s.dataset in ("digits", "imagenet"):
+        return  # digits ships with scikit-learn; an ImageNet tree is checked by the runs
+    from singledir.data import load_dataset
+
+    load_dataset(s.dataset, "test", data_dir=s.data_dir, test_size=10)
 
 
 def _run_one(
