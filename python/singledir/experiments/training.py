@@ -151,7 +151,10 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
                 figures.training_figure(
                     epochs,
                     fig_dir / "training_loss_auc.png",
-                    title=f"{s.dataset} {s.model}, {s.train_size or 'all'} training samples",
+                    title=(
+                        f"{s.dataset} {s.model}, {s.train_size or 'all'} samples, "
+                        f"{fmt(s.corrupt * 100, 0)}% labels corrupted"
+                    ),
                 ),
             ),
             (
