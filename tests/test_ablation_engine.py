@@ -92,6 +92,7 @@ def check_exact(
     order: str = "random",
     scores=None,
     own_labels: bool = True,
+    memory_budget_mb: float | None = None,
 ) -> pl.DataFrame:
     if own_labels:  # labels = the model's own predictions, so ablation visibly costs accuracy
         model.eval()
@@ -108,6 +109,7 @@ def check_exact(
         order=order,
         scores=scores,
         progress=False,
+        memory_budget_mb=memory_budget_mb,
     )
     sites = resolve_sites(model, layers, sample_x=x[:2])
     n = sum(site_units(model, sites, x[:2]).values())
@@ -460,3 +462,34 @@ def test_default_sites_without_sample() -> None:
     assert resolve_sites(net, "all") == ["relu"]
     assert resolve_sites(net, "layer4.1,layer1.0") == ["layer1.0", "layer4.1"]
     assert resolve_sites(_mlp(), "relu2,relu1") == ["relu1", "relu2"]
+
+
+def test_inplace_layers_do_not_corrupt_cached_prefix() -> None:
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Linear(10, 12),
+        nn.Identity(),
+        nn.LeakyReLU(0.1, inplace=True),  # not idempotent: a second pass would show
+        nn.Linear(12, 8),
+        nn.ReLU(inplace=True),
+        nn.Linear(8, 4),
+    ).eval()
+    x, _ = _data((10,), classes=4)
+    # site "1" is followed by an in-place layer; masks run one per pass (tiny budget)
+    for method in ("auto", "stacked", "hooks"):
+        check_exact(model, x, None, "1,4", method=method, orderings=1, memory_budget_mb=1e-6)
+
+
+def test_two_site_walk_with_inplace_mid_layers() -> None:
+    torch.manual_seed(5)
+    model = nn.Sequential(
+        nn.Linear(10, 12),
+        nn.ReLU(),
+        nn.Linear(12, 8),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.2, inplace=True),
+        nn.Linear(8, 4),
+    ).eval()
+    x, _ = _data((10,), classes=4)
+    # site "4" is the dropout after an in-place ReLU: the walk runs both modules itself
+    check_exact(model, x, None, "1,4")

@@ -199,9 +199,10 @@ def activation_bytes_per_sample(model: nn.Module, sample_x: torch.Tensor) -> int
 
 # -------------------------------------------------------------------------------- runners
 def repeat_rows(t: torch.Tensor, reps: int) -> torch.Tensor:
-    """``(B, ...)`` -> ``(reps * B, ...)``: the batch repeated ``reps`` times (mask-major)."""
+    """``(B, ...)`` -> ``(reps * B, ...)``: the batch repeated ``reps`` times (mask-major).
+    Always a new tensor, so in-place layers downstream cannot corrupt a cached prefix."""
     if reps == 1:
-        return t
+        return t.clone()
     return t.unsqueeze(0).expand(reps, *t.shape).reshape(reps * t.shape[0], *t.shape[1:])
 
 

@@ -369,7 +369,7 @@ def _fast_two_sites(
                 if relu_mid:
                     h2 = torch.clamp_min(pre, 0, out=hbuf)
                 else:
-                    flat = pre.reshape(og * b, *pre.shape[2:])
+                    flat = pre.reshape(og * b, *pre.shape[2:]).clone()  # mid may be in-place
                     for m in mid:
                         flat = m(flat)
                     h2 = flat.view(og, b, *flat.shape[1:])
