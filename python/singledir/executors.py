@@ -206,6 +206,8 @@ class RayExecutor(Executor):
         CPUs of a local instance (default: the available cores); ignored for a cluster.
     cpus_per_task, gpus_per_task:
         Resources each task asks for; the task limits torch to ``cpus_per_task`` threads.
+        ``gpus_per_task=None``: one GPU per task when the cluster has GPUs (Ray hides GPUs
+        from tasks that ask for none), else none.
     """
 
     name = "ray"
@@ -215,7 +217,7 @@ class RayExecutor(Executor):
         address: str | None = None,
         workers: int | None = None,
         cpus_per_task: float = 1.0,
-        gpus_per_task: float = 0.0,
+        gpus_per_task: float | None = None,
         connect_timeout_s: float = 20.0,
     ) -> None:
         try:
@@ -227,7 +229,7 @@ class RayExecutor(Executor):
         self._ray = ray
         self.address = address
         self.cpus_per_task = float(cpus_per_task)
-        self.gpus_per_task = float(gpus_per_task)
+        self.gpus_per_task = 0.0 if gpus_per_task is None else float(gpus_per_task)
         self._owns_instance = False
         if address is not None:
             _check_reachable(address, connect_timeout_s)
@@ -253,7 +255,10 @@ class RayExecutor(Executor):
                 f"cannot connect to {where} ({type(exc).__name__}): check --address "
                 "(HOST:PORT of a running `ray start --head`) or use --executor process"
             ) from exc
-        self.workers = max(1, int(ray.cluster_resources().get("CPU", 1) // self.cpus_per_task))
+        resources = ray.cluster_resources()
+        if gpus_per_task is None and resources.get("GPU", 0) >= 1:
+            self.gpus_per_task = 1.0
+        self.workers = max(1, int(resources.get("CPU", 1) // self.cpus_per_task))
 
     def imap(
         self,

@@ -19,6 +19,7 @@ new runs (never silently reusing results computed with other settings).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as _dt
 import hashlib
 import importlib
@@ -329,7 +330,7 @@ def train_net(spec: dict[str, Any], run_dir: Path, timer: PhaseTimer) -> Any:
 
 
 def _train_config_obj(cls: Any, d: dict[str, Any]) -> Any:
-    known = {f.name for f in __import__("dataclasses").fields(cls)}
+    known = {f.name for f in dataclasses.fields(cls)}
     kwargs = {k: v for k, v in d.items() if k in known}
     if hasattr(cls, "from_dict"):
         return cls.from_dict(kwargs)
@@ -372,8 +373,6 @@ def _cut(data: Any, max_samples: int | None, seed: int) -> Any:
     n = int(data.y.shape[0])
     if max_samples is None or n <= max_samples or getattr(data, "x", None) is None:
         return data
-    import dataclasses
-
     import torch
 
     g = torch.Generator().manual_seed(10_007 + seed)
