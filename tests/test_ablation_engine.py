@@ -388,6 +388,10 @@ def test_bad_inputs() -> None:
         ablation_curves(model, (x, y), order="sideways", progress=False)
     with pytest.raises(InputError, match="labels"):
         ablation_curves(model, (x, y[:3]), progress=False)
+    with pytest.raises(InputError, match=r"labels must lie in 0\.\.4"):
+        ablation_curves(model, (x, y + 5), progress=False)
+    with pytest.raises(InputError, match="integer class indices"):
+        ablation_curves(model, (x, y.float()), progress=False)
     with pytest.raises(SiteError, match="runs 2 times"):
         shared = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 4))
         shared.add_module("again", shared[1])

@@ -114,11 +114,14 @@ class Batches:
             raise InputError("the data set is empty: pass at least one sample")
         self.sample_x = first[0][:2].to(device, dtype)
         self._count: int | None = None
+        self.n_classes: int | None = None  # set once known: labels are then checked
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for x, y in iter_batches(self.data, self.batch_size):
             if x.shape[0] == 0:
                 continue
+            if self.n_classes is not None:
+                y = check_labels(y, self.n_classes)
             yield x.to(self.device, self.dtype), y.to(self.device)
 
     def count(self) -> int:
@@ -404,6 +407,7 @@ def setup(
         ) from None
     if not isinstance(out, torch.Tensor) or out.ndim != 2:
         raise InputError("the model must return (batch, classes) logits: wrap it to do so")
+    batches.n_classes = int(out.shape[1])
     sites = resolve_sites(model, layers, sample_x=sample)
     specs = site_specs(model, sites, sample)
     return Setup(
