@@ -15,6 +15,7 @@
 //! Negative activity makes SI meaningless; [`NegativePolicy`] says what to do with it.
 
 use std::borrow::Cow;
+use std::ops::Range;
 
 use rayon::prelude::*;
 
@@ -788,8 +789,13 @@ pub fn summarize_long(
         // which performs the same per-unit operations in the same order.
         return summarize_dense(values, n / n_units, n_units, &row_labels, opts);
     }
-    let (offsets, grouped_values, grouped_labels) =
-        group_by_unit(units, labels, values, n_units, opts.n_classes)?;
+    let (ranges, grouped_values, grouped_labels) =
+        match group_by_unit(units, labels, values, n_units, opts)? {
+            Grouping::Grouped(g) => g,
+            Grouping::Scattered => {
+                return summarize_scattered(units, labels, values, n_units, opts)
+            }
+        };
     let n_blocks = n_units.div_ceil(UNIT_BLOCK);
     let parts: Vec<KernelResult<Vec<UnitRow>>> = (0..n_blocks)
         .into_par_iter()
@@ -797,7 +803,7 @@ pub fn summarize_long(
             let mut scratch = MiScratch::default();
             (b * UNIT_BLOCK..((b + 1) * UNIT_BLOCK).min(n_units))
                 .map(|u| {
-                    let r = offsets[u]..offsets[u + 1];
+                    let r = ranges[u].clone();
                     summarize_column(
                         u,
                         &grouped_values[r.clone()],
@@ -837,7 +843,34 @@ fn interleaved_rows(units: &[i64], labels: &[i64], n_units: usize) -> Option<Vec
     ok.then(|| labels.iter().step_by(n_units).copied().collect())
 }
 
-type Grouped<'a> = (Vec<usize>, Cow<'a, [f32]>, Vec<u32>);
+/// Each unit's records: its range in the values and labels (which keep each unit's record
+/// order).
+type Grouped<'a> = (Vec<Range<usize>>, Cow<'a, [f32]>, Vec<u32>);
+
+enum Grouping<'a> {
+    Grouped(Grouped<'a>),
+    /// Units interleaved in no simple order, and the statistics can be accumulated in record
+    /// order instead (see `summarize_scattered`).
+    Scattered,
+}
+
+/// The start of each unit's records when each unit's records form one contiguous run (any
+/// unit order); None otherwise. Absent units get `usize::MAX`.
+fn unit_runs(units: &[i64], n_units: usize) -> Option<Vec<usize>> {
+    let mut start = vec![usize::MAX; n_units];
+    let mut prev = -1i64;
+    for (i, &u) in units.iter().enumerate() {
+        if u != prev {
+            let slot = &mut start[u as usize];
+            if *slot != usize::MAX {
+                return None;
+            }
+            *slot = i;
+            prev = u;
+        }
+    }
+    Some(start)
+}
 
 /// Stable counting sort of the records by unit, in fixed chunks: chunk `i` writes its records
 /// of unit `u` after those of chunks `0..i`, so the output keeps record order.
@@ -846,8 +879,9 @@ fn group_by_unit<'a>(
     labels: &[i64],
     values: &'a [f32],
     n_units: usize,
-    n_classes: usize,
-) -> KernelResult<Grouped<'a>> {
+    opts: &SummaryOptions,
+) -> KernelResult<Grouping<'a>> {
+    let n_classes = opts.n_classes;
     let n = units.len();
     let chunk = GROUP_CHUNK.max(n_units);
     let n_chunks = n.div_ceil(chunk).max(1);
@@ -888,10 +922,19 @@ fn group_by_unit<'a>(
     for u in 0..n_units {
         offsets[u + 1] += offsets[u];
     }
-    if units.par_windows(2).all(|w| w[0] <= w[1]) {
-        // Already grouped (unit-major records): use the values in place.
+    if let Some(start) = unit_runs(units, n_units) {
+        // Already grouped (e.g. unit-major records): use the values in place.
+        let ranges = (0..n_units)
+            .map(|u| match start[u] {
+                usize::MAX => 0..0,
+                b => b..b + (offsets[u + 1] - offsets[u]),
+            })
+            .collect();
         let labels = labels.par_iter().map(|&l| l as u32).collect();
-        return Ok((offsets, Cow::Borrowed(values), labels));
+        return Ok(Grouping::Grouped((ranges, Cow::Borrowed(values), labels)));
+    }
+    if scattered_applies(opts, n_units) {
+        return Ok(Grouping::Scattered);
     }
     let mut cursor = offsets[..n_units].to_vec();
     for counts in chunk_counts.iter_mut() {
@@ -924,7 +967,223 @@ fn group_by_unit<'a>(
                 }
             }
         });
-    Ok((offsets, Cow::Owned(out_values), out_labels))
+    let ranges = (0..n_units).map(|u| offsets[u]..offsets[u + 1]).collect();
+    Ok(Grouping::Grouped((
+        ranges,
+        Cow::Owned(out_values),
+        out_labels,
+    )))
+}
+
+/// Largest `n_units * n_classes` for accumulating scattered records (per-chunk tables).
+const SCATTERED_MAX_CELLS: usize = 1 << 18;
+
+/// At most this many record chunks when accumulating scattered records (bounds memory).
+const SCATTERED_MAX_CHUNKS: usize = 16;
+
+/// Whether scattered records can be summarized without regrouping: no equal-frequency bins
+/// and no shuffles (both need each unit's records together).
+fn scattered_applies(opts: &SummaryOptions, n_units: usize) -> bool {
+    let small = n_units.saturating_mul(opts.n_classes) <= SCATTERED_MAX_CELLS;
+    small
+        && match &opts.mutual_info {
+            None => true,
+            Some(mo) => {
+                mo.binning == Binning::EqualWidth
+                    && mo.shuffles == 0
+                    && n_units * mo.bins * opts.n_classes <= MI_SEQUENTIAL_MAX_CELLS
+            }
+        }
+}
+
+/// Per-chunk sums of scattered records, unit-major: `k` class cells then unit totals.
+struct ChunkSums {
+    counts: Vec<u64>,
+    sums: Vec<f64>,
+    pos: Vec<f64>,
+    s1: Vec<f64>,
+    s2: Vec<f64>,
+    lo: Vec<f32>,
+    hi: Vec<f32>,
+    active: Vec<u64>,
+    bad: Option<(usize, f32)>,
+}
+
+/// Statistics of records in no useful order (labels and units already validated), without
+/// regrouping: fixed chunks of records (their number depends only on the input size) are
+/// summed separately and merged in chunk order, so the result does not depend on the thread
+/// count. It equals the per-unit path's up to the rounding of the float sums; min, max,
+/// counts and MI (integer contingency tables) are exact.
+fn summarize_scattered(
+    units: &[i64],
+    labels: &[i64],
+    values: &[f32],
+    n_units: usize,
+    opts: &SummaryOptions,
+) -> KernelResult<UnitSummary> {
+    let k = opts.n_classes;
+    let n = units.len();
+    let chunk = GROUP_CHUNK.max(n.div_ceil(SCATTERED_MAX_CHUNKS)).max(1);
+    // The shift of each unit's sums: its first value, as in the per-unit path.
+    let mut x0 = vec![f64::NAN; n_units];
+    let mut missing = n_units;
+    for (&u, &x) in units.iter().zip(values) {
+        let slot = &mut x0[u as usize];
+        if slot.is_nan() && x.is_finite() {
+            *slot = x as f64;
+            missing -= 1;
+            if missing == 0 {
+                break;
+            }
+        }
+    }
+    let parts: Vec<ChunkSums> = values
+        .par_chunks(chunk)
+        .zip(units.par_chunks(chunk))
+        .zip(labels.par_chunks(chunk))
+        .enumerate()
+        .map(|(i, ((vals, us), ls))| {
+            let mut a = ChunkSums {
+                counts: vec![0; n_units * k],
+                sums: vec![0.0; n_units * k],
+                pos: vec![0.0; n_units * k],
+                s1: vec![0.0; n_units],
+                s2: vec![0.0; n_units],
+                lo: vec![f32::INFINITY; n_units],
+                hi: vec![f32::NEG_INFINITY; n_units],
+                active: vec![0; n_units],
+                bad: None,
+            };
+            for (r, ((&x, &u), &c)) in vals.iter().zip(us).zip(ls).enumerate() {
+                let u = u as usize;
+                if !x.is_finite() {
+                    a.bad.get_or_insert((i * chunk + r, x));
+                    continue;
+                }
+                let cell = u * k + c as usize;
+                let xf = x as f64;
+                a.counts[cell] += 1;
+                a.sums[cell] += xf;
+                a.pos[cell] += xf.max(0.0);
+                let d = xf - x0[u];
+                a.s1[u] += d;
+                a.s2[u] += d * d;
+                a.lo[u] = a.lo[u].min(x);
+                a.hi[u] = a.hi[u].max(x);
+                a.active[u] += (x > 0.0) as u64;
+            }
+            a
+        })
+        .collect();
+    if let Some((r, x)) = parts.iter().find_map(|p| p.bad) {
+        return Err(KernelError::Value(format!(
+            "unit {} has a non-finite activity ({x}) at record {r}: drop or impute NaN and inf \
+             values first",
+            units[r]
+        )));
+    }
+    let mut total = parts.into_iter();
+    let mut acc = total.next().expect("at least one chunk");
+    for p in total {
+        // In chunk order, so the float sums round the same way for any thread count.
+        acc.counts
+            .iter_mut()
+            .zip(&p.counts)
+            .for_each(|(a, b)| *a += b);
+        acc.sums.iter_mut().zip(&p.sums).for_each(|(a, b)| *a += b);
+        acc.pos.iter_mut().zip(&p.pos).for_each(|(a, b)| *a += b);
+        acc.s1.iter_mut().zip(&p.s1).for_each(|(a, b)| *a += b);
+        acc.s2.iter_mut().zip(&p.s2).for_each(|(a, b)| *a += b);
+        acc.lo
+            .iter_mut()
+            .zip(&p.lo)
+            .for_each(|(a, b)| *a = a.min(*b));
+        acc.hi
+            .iter_mut()
+            .zip(&p.hi)
+            .for_each(|(a, b)| *a = a.max(*b));
+        acc.active
+            .iter_mut()
+            .zip(&p.active)
+            .for_each(|(a, b)| *a += b);
+    }
+    let mut rows = Vec::with_capacity(n_units);
+    for (u, &shift) in x0.iter().enumerate() {
+        let cells = u * k..(u + 1) * k;
+        let counts = acc.counts[cells.clone()].to_vec();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            rows.push(empty_row(k));
+            continue;
+        }
+        let m = Moments {
+            n: total,
+            counts,
+            sums: acc.sums[cells.clone()].to_vec(),
+            pos_sums: acc.pos[cells].to_vec(),
+            x0: shift,
+            s1: acc.s1[u],
+            s2: acc.s2[u],
+            lo: acc.lo[u],
+            hi: acc.hi[u],
+            active: acc.active[u],
+        };
+        rows.push(finish_unit(u, m, opts)?);
+    }
+    if let Some(mo) = &opts.mutual_info {
+        let bins = mo.bins;
+        let last = (bins - 1) as i32;
+        let base: Vec<f64> = acc.lo.iter().map(|&v| v as f64).collect();
+        let scale: Vec<f64> = (0..n_units)
+            .map(|u| {
+                if acc.hi[u] <= acc.lo[u] {
+                    0.0
+                } else {
+                    bins as f64 / (acc.hi[u] as f64 - acc.lo[u] as f64)
+                }
+            })
+            .collect();
+        let cells = n_units * bins * k;
+        // Integer counts: exact in any merge order.
+        let tables = values
+            .par_chunks(chunk)
+            .zip(units.par_chunks(chunk))
+            .zip(labels.par_chunks(chunk))
+            .fold(
+                || vec![0u32; cells],
+                |mut table, ((vals, us), ls)| {
+                    for ((&x, &u), &c) in vals.iter().zip(us).zip(ls) {
+                        let u = u as usize;
+                        let b = (((x as f64 - base[u]) * scale[u]) as i32).min(last) as usize;
+                        table[(u * bins + b) * k + c as usize] += 1;
+                    }
+                    table
+                },
+            )
+            .reduce(
+                || vec![0u32; cells],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            );
+        let mut table64 = vec![0u64; bins * k];
+        for (u, row) in rows.iter_mut().enumerate() {
+            if row.n == 0 {
+                continue;
+            }
+            for (t, &v) in table64
+                .iter_mut()
+                .zip(&tables[u * bins * k..(u + 1) * bins * k])
+            {
+                *t = v as u64;
+            }
+            row.mi = mi_from_table(&table64, bins, k, mo.miller_madow);
+            row.mi_shuffled = f64::NAN;
+            row.class_entropy = entropy_bits(&row.counts);
+        }
+    }
+    Ok(assemble(rows, opts))
 }
 
 struct SyncPtr<T>(*mut T);
@@ -1079,6 +1338,21 @@ mod tests {
             reversed.2.extend_from_slice(&orders[0].2[r]);
         }
         orders.push(reversed);
+        // Scrambled: regrouped by the counting sort when the options need whole units
+        // (shuffles, equal frequency), else accumulated in record order (exact only for
+        // integer results; see `scattered_records_match_dense_...`).
+        // Sample-major with the units of each row rotated: each unit keeps sample order.
+        let mut scrambled = (Vec::new(), Vec::new(), Vec::new());
+        for s in 0..n {
+            for j in 0..u {
+                let unit = (j + 7 * s) % u;
+                scrambled.0.push(unit as i64);
+                scrambled.1.push(labels[s]);
+                scrambled.2.push(acts[s * u + unit]);
+            }
+        }
+        assert!(unit_runs(&scrambled.0, u).is_none());
+        assert!(interleaved_rows(&scrambled.0, &scrambled.1, u).is_none());
         assert!(interleaved_rows(&orders[1].0, &orders[1].1, u).is_some());
         assert!(interleaved_rows(&orders[0].0, &orders[0].1, u).is_none());
         // Row-wise dense path (no shuffles, equal width), column path (shuffles, equal
@@ -1099,6 +1373,10 @@ mod tests {
             for (units_l, labels_l, values_l) in &orders {
                 let long = summarize_long(units_l, labels_l, values_l, u, &o).unwrap();
                 assert_same(&dense, &long);
+            }
+            if !scattered_applies(&o, u) {
+                let (us, ls, vs) = &scrambled;
+                assert_same(&dense, &summarize_long(us, ls, vs, u, &o).unwrap());
             }
             let (units_l, labels_l, values_l) = &orders[2];
             for threads in [1, 3] {
@@ -1151,6 +1429,60 @@ mod tests {
             "unit 4 has a non-finite activity (inf) at sample {}",
             MI_ROW_CHUNK + 3
         )));
+    }
+
+    #[test]
+    fn scattered_records_match_dense_and_do_not_depend_on_threads() {
+        // More records than one chunk, in a scrambled order.
+        let (n, u, k) = (1100, 1000, 3);
+        let (acts, labels) = data(n, u, k);
+        let o = {
+            let mut o = opts(k, true);
+            o.mutual_info.as_mut().unwrap().shuffles = 0;
+            o.mutual_info.as_mut().unwrap().miller_madow = true;
+            o
+        };
+        assert!(scattered_applies(&o, u));
+        let dense = summarize_dense(&acts, n, u, &labels, &o).unwrap();
+        let total = n * u;
+        let stride = 7919; // prime, coprime with total: a permutation of the records
+        let (mut us, mut ls, mut vs) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..total {
+            let r = (i * stride) % total;
+            us.push((r % u) as i64);
+            ls.push(labels[r / u]);
+            vs.push(acts[r]);
+        }
+        assert!(unit_runs(&us, u).is_none() && interleaved_rows(&us, &ls, u).is_none());
+        let long = summarize_long(&us, &ls, &vs, u, &o).unwrap();
+        assert_eq!(long.class_counts, dense.class_counts);
+        assert_eq!((&long.min, &long.max), (&dense.min, &dense.max));
+        assert_eq!(long.mi, dense.mi);
+        assert_eq!(long.preferred_class, dense.preferred_class);
+        let close = |a: &[f64], b: &[f64]| {
+            a.iter()
+                .zip(b)
+                .all(|(x, y)| (x - y).abs() <= 1e-9 * (1.0 + y.abs()))
+        };
+        assert!(close(&long.class_means, &dense.class_means));
+        assert!(close(&long.mean, &dense.mean) && close(&long.std, &dense.std));
+        assert!(close(&long.selectivity, &dense.selectivity));
+        assert_eq!(long.fraction_active, dense.fraction_active);
+        for threads in [1, 3] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let again = pool.install(|| summarize_long(&us, &ls, &vs, u, &o).unwrap());
+            assert_same(&long, &again);
+        }
+        let o2 = SummaryOptions { n_classes: 2, ..o };
+        let s =
+            summarize_long(&[0, 2, 0, 2], &[0, 1, 1, 0], &[1.0, 2.0, 3.0, 4.0], 3, &o2).unwrap();
+        assert_eq!(s.n_samples, vec![2, 0, 2]);
+        let mut bad = vs.clone();
+        bad[5] = f32::NAN;
+        assert!(summarize_long(&us, &ls, &bad, u, &o).is_err());
     }
 
     #[test]
