@@ -3,11 +3,21 @@
 //! mean / std / min / max / fraction active, class selectivity with the preferred class, and
 //! (optionally) mutual information with the class.
 //!
-//! Both layouts go through the same per-unit worker on a contiguous column: the dense path
-//! transposes blocks of [`UNIT_BLOCK`] units, the long path groups records by unit (counting
-//! sort that keeps record order). A unit's numbers are computed serially, in sample order, so
-//! they do not depend on the thread count, and the two layouts agree when the records of each
-//! unit come in the dense array's sample order.
+//! Paths, each independent of the thread count:
+//! - dense, per unit: blocks of [`UNIT_BLOCK`] units, read row by row (a row shares one label,
+//!   so class updates are vector updates across units) or transposed into columns for what
+//!   needs a unit's values together (equal-frequency bins, label shuffles);
+//! - dense, MI only (equal width, no shuffles): rows in order, merged exactly (min, max and
+//!   integer tables), the fastest memory access;
+//! - long format: records that form a flattened dense array go the dense way; records with
+//!   each unit's records together (any unit order) are used in place; other orders are
+//!   accumulated in fixed record chunks merged in order, or, when a unit's values are needed
+//!   together, regrouped by a stable counting sort.
+//!
+//! In the per-unit paths a unit's sums run serially in its record (sample) order with the
+//! same operations, so dense and long-format results are bit-identical when each unit's
+//! records come in the dense sample order. Scattered accumulation rounds its float sums in
+//! another order (equal to ~1e-12 relative); counts, min, max and MI stay exact.
 //!
 //! Class selectivity: `SI = (mu_max - mu_rest) / (mu_max + mu_rest)`, with `mu_max` the largest
 //! class-conditional mean and `mu_rest` the mean of the other classes' means; the preferred
@@ -766,7 +776,7 @@ pub fn summarize_dense(
 }
 
 /// Statistics of every unit `0..n_units` from long-format records, one per (sample, unit).
-/// Each unit's records are used in the order they come.
+/// Each unit's records are taken in the order they come (see the module docs for the paths).
 pub fn summarize_long(
     units: &[i64],
     labels: &[i64],
@@ -872,8 +882,10 @@ fn unit_runs(units: &[i64], n_units: usize) -> Option<Vec<usize>> {
     Some(start)
 }
 
-/// Stable counting sort of the records by unit, in fixed chunks: chunk `i` writes its records
-/// of unit `u` after those of chunks `0..i`, so the output keeps record order.
+/// Validates the records and finds each unit's records: in place when each unit's records are
+/// contiguous, `Scattered` when they may be accumulated in record order, else by a stable
+/// counting sort in fixed chunks (chunk `i` writes its records of unit `u` after those of
+/// chunks `0..i`, so the output keeps record order).
 fn group_by_unit<'a>(
     units: &[i64],
     labels: &[i64],
