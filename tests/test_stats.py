@@ -410,6 +410,9 @@ THREAD_SCRIPT = textwrap.dedent(
     d = _core.long_unit_summary(u, y[s], a.ravel()[order], units, k, shuffles=2)
     out["long"] = hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes()
                                   for v in d.values())).hexdigest()
+    d = _core.long_unit_summary(u, y[s], a.ravel()[order], units, k)  # accumulated in chunks
+    out["scattered"] = hashlib.sha256(b"".join(np.ascontiguousarray(v).tobytes()
+                                       for v in d.values())).hexdigest()
     out["mi"] = sd.mutual_information(a, y, bias_correction=True).tolist()
     x = rng.random(5000)
     out["rank"] = sd.rank_units(np.round(x, 2), descending=True).tolist()[:50]
