@@ -497,3 +497,22 @@ def test_two_site_walk_with_inplace_mid_layers() -> None:
     x, _ = _data((10,), classes=4)
     # site "4" is the dropout after an in-place ReLU: the walk runs both modules itself
     check_exact(model, x, None, "1,4")
+
+
+def test_conv_site_feeding_pooled_linear_then_dense_site() -> None:
+    torch.manual_seed(6)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),  # site "1": channels, pooled into fc1
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(6, 9),
+        nn.BatchNorm1d(9),
+        nn.ReLU(),  # site "6"
+        nn.Linear(9, 4),
+    )
+    model = _centered(_random_bn(model), (3, 5, 5))
+    x, _ = _data((3, 5, 5), classes=4)
+    for value in ("zero", "mean"):
+        check_exact(model, x, None, "1,6", value=value)
+        check_exact(model, x, None, "1", value=value, method="stacked")

@@ -358,6 +358,8 @@ def _fast_two_sites(
         b = h1.shape[0]
         pre0 = chain1.run(children, h1)
         d1 = (-h1 if fill1 is None else _fill_view(fill1, h1) - h1).transpose(0, 1)
+        if linear1 and d1.ndim > 2:  # a Linear chain sees the spatial mean
+            d1 = _reduce(d1, 1)
         d1 = d1.contiguous()  # (n1, b, *spatial)
         for g0, g1, o_idx, l_idx, k_idx, bounds, wc, per_level in groups:
             og = g1 - g0
