@@ -516,3 +516,57 @@ def test_conv_site_feeding_pooled_linear_then_dense_site() -> None:
     for value in ("zero", "mean"):
         check_exact(model, x, None, "1,6", value=value)
         check_exact(model, x, None, "1", value=value, method="stacked")
+
+
+@st.composite
+def _random_sequential(draw: st.DrawFn) -> tuple[nn.Module, tuple[int, ...], list[str]]:
+    """A random flat Sequential (conv and/or dense ReLU layers, optional batch norm and
+    dropout) and a random non-empty set of its ReLUs as sites."""
+    layers: list[nn.Module] = []
+    conv = draw(st.booleans())
+    shape: tuple[int, ...]
+    if conv:
+        shape, prev = (2, 4, 4), 2
+        for _ in range(draw(st.integers(1, 2))):
+            c = draw(st.integers(1, 4))
+            layers.append(nn.Conv2d(prev, c, 3, padding=1, stride=draw(st.sampled_from([1, 2]))))
+            if draw(st.booleans()):
+                layers.append(nn.BatchNorm2d(c))
+            layers += [nn.ReLU()]
+            prev = c
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    else:
+        shape, prev = (5,), 5
+    for _ in range(draw(st.integers(0 if conv else 1, 2))):
+        w = draw(st.integers(1, 6))
+        layers.append(nn.Linear(prev, w))
+        if draw(st.booleans()):
+            layers.append(nn.BatchNorm1d(w))
+        layers.append(nn.ReLU())
+        if draw(st.booleans()):
+            layers.append(nn.Dropout(0.3))
+        prev = w
+    layers.append(nn.Linear(prev, 3))
+    torch.manual_seed(draw(st.integers(0, 1000)))
+    model = _centered(_random_bn(nn.Sequential(*layers)), shape)
+    relus = [str(i) for i, m in enumerate(layers) if isinstance(m, nn.ReLU)]
+    sites = draw(st.lists(st.sampled_from(relus), min_size=1, max_size=3, unique=True))
+    return model, shape, sites
+
+
+@settings(max_examples=12, deadline=None)
+@given(arch=_random_sequential(), value=st.sampled_from(["zero", "mean"]))
+def test_property_random_sequentials_match_reference(arch, value: str) -> None:
+    model, shape, sites = arch
+    x, _ = _data(shape, n=24, classes=3)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    df = ablation_curves(model, (x, y), sites, orderings=1, value=value, progress=False)
+    ordered = resolve_sites(model, sites, sample_x=x[:2])
+    n = sum(site_units(model, ordered, x[:2]).values())
+    orders = unit_orderings(n, orderings=1).numpy()
+    fills = ref.naive_moments(model, x, ordered)[0] if value == "mean" else None
+    rows = ref.naive_curves(model, x, y, ordered, orders, list(range(n + 1)), fills)
+    got = np.rint(df["accuracy"].to_numpy() * 24).astype(int)
+    assert np.all(np.abs(got - [r[2] for r in rows]) <= [r[4] for r in rows])
+    np.testing.assert_allclose(df["loss"], [r[3] for r in rows], rtol=1e-5, atol=1e-5)

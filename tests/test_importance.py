@@ -8,9 +8,11 @@ import polars as pl
 import pytest
 import reference as ref
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from singledir import unit_importance
 from singledir.errors import InputError, SiteError
-from test_ablation_engine import _conv, _data, _mlp, _resnet
+from test_ablation_engine import _conv, _data, _mlp, _random_sequential, _resnet
 
 torch.set_num_threads(1)
 
@@ -109,3 +111,20 @@ def test_importance_without_per_class_and_errors() -> None:
         unit_importance(_mlp(), (x, y), value="max", progress=False)
     with pytest.raises(InputError, match="empty"):
         unit_importance(_mlp(), (x[:0], y[:0]), progress=False)
+
+
+@settings(max_examples=10, deadline=None)
+@given(arch=_random_sequential(), value=st.sampled_from(["zero", "mean"]))
+def test_property_random_sequentials_importance(arch, value: str) -> None:
+    model, shape, sites = arch
+    x, _ = _data(shape, n=24, classes=3)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    df = unit_importance(model, (x, y), sites, value=value, progress=False)
+    for site in sites:
+        part = df.filter(pl.col("layer") == site).sort("unit")
+        fills = ref.naive_moments(model, x, [site])[0] if value == "mean" else None
+        rows = ref.naive_importance(model, x, y, site, fills=fills)
+        got = np.rint(part["accuracy"].to_numpy() * 24).astype(int)
+        assert np.all(np.abs(got - [r[0] for r in rows]) <= [r[2] for r in rows])
+        np.testing.assert_allclose(part["loss"], [r[1] for r in rows], rtol=1e-5, atol=1e-5)
