@@ -479,8 +479,11 @@ def _chain_out_shape(
     return tuple(int(v) for v in out.shape[1:])
 
 
-def _fast_plan(runner: Runner, st: Setup) -> tuple[str, Chain | None, Chain | None] | None:
-    """Which incremental path applies: ('one', tail) or ('two', chain1, tail)."""
+def _fast_plan(
+    runner: Runner, st: Setup, n_levels: int | None = None
+) -> tuple[str, Chain | None, Chain | None] | None:
+    """Which incremental path applies: ('one', tail) or ('two', chain1, tail); with
+    ``n_levels``, the walk is only chosen when it is estimated to do less work."""
     if not isinstance(runner, SequentialRunner) or len(st.specs) > 2:
         return None
     children = runner.children
@@ -498,7 +501,30 @@ def _fast_plan(runner: Runner, st: Setup) -> tuple[str, Chain | None, Chain | No
         for m in children[chain1.end : last + 1]
     ):
         return None
+    if n_levels is not None and _walk_cost(st, chain1) > n_levels * _stacked_cost(st, chain1):
+        return None  # few levels: stacking the masks does less work than walking every event
     return ("two", chain1, tail)
+
+
+def _layer_macs(layer: nn.Linear | nn.Conv2d, out_numel: int) -> int:
+    """Multiply-adds per sample of a Linear / conv layer producing ``out_numel`` values."""
+    w = layer.weight
+    return int(out_numel * (w.numel() // w.shape[0]))
+
+
+def _walk_cost(st: Setup, chain1: Chain) -> float:
+    """Rough per-sample, per-ordering work of the two-site walk (element operations)."""
+    s1, s2 = st.specs
+    pre = s2.n_units * int(np.prod(s2.shape[1:]))
+    per_unit_update = pre * (1 if isinstance(chain1.layer, nn.Linear) else 9)
+    return (s1.n_units + 1) * (4 * pre + 2 * s2.n_units * st.n_classes + per_unit_update)
+
+
+def _stacked_cost(st: Setup, chain1: Chain) -> float:
+    """Rough per-sample work of one stacked mask through the suffix (element operations)."""
+    s2 = st.specs[1]
+    pre = s2.n_units * int(np.prod(s2.shape[1:]))
+    return 2 * _layer_macs(chain1.layer, pre) + 4 * pre + 2 * s2.n_units * st.n_classes
 
 
 # ------------------------------------------------------------------------------- public
@@ -577,7 +603,7 @@ def ablation_curves(
         means = unit_moments(st, runner)[0] if value == "mean" else None
         fills = unit_fill(st.specs, means, value)
         budget = memory_budget_bytes(memory_budget_mb, dev)
-        plan = _fast_plan(runner, st) if method == "auto" else None
+        plan = _fast_plan(runner, st, len(lv)) if method == "auto" else None
         if plan is not None and plan[0] == "one":
             assert isinstance(runner, SequentialRunner) and plan[2] is not None
             correct, loss = _fast_one_site(st, runner, plan[2], orders, lv, fills, budget, progress)
