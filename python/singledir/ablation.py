@@ -14,7 +14,10 @@ How it is fast (and still exact up to float rounding):
   level are a cumulative sum of per-unit contributions; with two sites, each unit of the
   first site is a rank-1 (per-channel for conv) update of the second site's pre-activation,
   and each unit of the second site a rank-1 update of the logits, walked along all
-  orderings at once. Single-unit importance uses the same per-unit updates.
+  orderings at once (chosen when it is estimated to do less work than stacking one mask
+  per level, i.e. unless there are few levels). On CPU, sample chunks of the walk run on
+  a thread pool with single-threaded torch ops. Single-unit importance uses the same
+  per-unit updates: the next pre-activation plus one rank-1 / per-channel term per unit.
 - Anything else (other models, three or more sites) runs the stacked masks through the
   cached suffix (``torch.fx`` cut or Sequential slice) or, when the model cannot be cut,
   full forward passes with hooks.
