@@ -279,7 +279,7 @@ class FxRunner(Runner):
         self.cut = site_nodes[sites[0]]
         if any(i < self.cut for i in self.site_at):
             raise SiteError("sites are not in forward order")
-        later = self.nodes[self.cut + 1 :]
+        later = set(self.nodes[self.cut + 1 :])
         self.live = [
             n
             for n in self.nodes[: self.cut + 1]
