@@ -202,7 +202,11 @@ def _generic_curves(
     ranks_d = ranks.to(st.device)
     n_batches = -(-st.batches.count() // st.batches.batch_size)
     with make_progress(quiet=None if progress else True) as bar:
-        task = bar.add_task("ablation curves", total=n_batches * n_jobs, status="")
+        task = bar.add_task(
+            "ablation curves",
+            total=n_batches * n_jobs,
+            status=f"{n_ord} orderings x {len(levels)} levels, stacked masks",
+        )
         for x, y in st.batches:
             state = runner.prefix(x)
             per_mask = max(1, x.shape[0]) * st.row_bytes * 2
@@ -443,7 +447,11 @@ def _run_chunks(
     workers = _workers(st.device)
     threads = torch.get_num_threads()
     with make_progress(quiet=None if progress else True) as bar:
-        task = bar.add_task("ablation curves", total=n_batches, status="")
+        task = bar.add_task(
+            "ablation curves",
+            total=n_batches,
+            status=f"{n_ord} orderings x {n_levels} levels, incremental, {workers} thread(s)",
+        )
         pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
         try:
             if pool is not None:
