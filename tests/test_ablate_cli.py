@@ -291,6 +291,34 @@ def test_ablate_order_by_units_table_column(
             h.remove()
 
 
+def test_ablate_and_importance_value_mean_match_library(
+    ckpts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from singledir.ablation import ablation_curves, unit_importance
+
+    out, units = tmp_path / "c.parquet", tmp_path / "u.parquet"
+    common = [str(ckpts["mlp"]), "--layers", "relu1", "--split", "test", "--value", "mean"]
+    code, _, err = _run(
+        ["ablate", *common, "--orderings", "2", "--seed", "5", "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    code, _, err = _run(["importance", *common, "--out", str(units)], capsys)
+    assert code == 0, err
+    model, data = _model_and_data(ckpts["mlp"], "test")
+    ref = ablation_curves(model, data, "relu1", orderings=2, seed=5, value="mean", progress=False)
+    assert pl.read_parquet(out).equals(ref)
+    ref_units = unit_importance(model, data, "relu1", value="mean", progress=False)
+    assert pl.read_parquet(units).equals(ref_units)
+    # Independent check of one unit: replace its activity by its mean over the data.
+    with torch.no_grad():
+        h = model.relu1(model.fc1(model.flatten(data.x)))
+        mean = h[:, 4].mean()
+        h[:, 4] = mean
+        acc = float((model.fc_out(model.relu2(model.fc2(h))).argmax(1) == data.y).double().mean())
+    row = pl.read_parquet(units).filter(pl.col("unit") == 4)
+    assert row["accuracy"][0] == pytest.approx(acc, abs=1e-9)
+
+
 def test_noise_writes_curves_and_scale_zero_is_base(
     ckpts: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
