@@ -15,9 +15,12 @@ How it is fast (and still exact up to float rounding):
   first site is a rank-1 (per-channel for conv) update of the second site's pre-activation,
   and each unit of the second site a rank-1 update of the logits, walked along all
   orderings at once (chosen when it is estimated to do less work than stacking one mask
-  per level, i.e. unless there are few levels). On CPU, sample chunks of the walk run on
-  a thread pool with single-threaded torch ops. Single-unit importance uses the same
-  per-unit updates: the next pre-activation plus one rank-1 / per-channel term per unit.
+  per level, i.e. unless there are few levels). When site 1 feeds a Linear layer and site 2
+  is a plain ReLU, orderings are walked one at a time with site 2's units sorted by ablation
+  order, so the updates only touch the still-kept units (a shrinking suffix). On CPU,
+  sample chunks of the walk run on a thread pool with single-threaded torch ops.
+  Single-unit importance uses the same per-unit updates: the next pre-activation plus one
+  rank-1 / per-channel term per unit.
 - Anything else (other models, three or more sites) runs the stacked masks through the
   cached suffix (``torch.fx`` cut or Sequential slice) or, when the model cannot be cut,
   full forward passes with hooks.
@@ -357,6 +360,10 @@ def _fast_two_sites(
         )
 
     fill1 = fills[0]
+    if linear1 and relu_mid and len(s2.shape) == 1:
+        return _fast_two_linear(
+            st, runner, chain1, wt, fill_r2, fill_bias, orders, levels, fill1, budget, progress
+        )
 
     def work(h1: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Correct counts and loss sums ``(O, L)`` for one chunk of samples."""
@@ -416,6 +423,127 @@ def _fast_two_sites(
     return _run_chunks(st, runner, work, b_chunk, n_ord, len(levels), progress)
 
 
+def _fast_two_linear(
+    st: Setup,
+    runner: SequentialRunner,
+    chain1: Chain,
+    wt: torch.Tensor,
+    fill_r2: torch.Tensor,
+    fill_bias: torch.Tensor,
+    orders: torch.Tensor,
+    levels: np.ndarray,
+    fill1: torch.Tensor | None,
+    budget: int,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two-site walk when site 1 feeds a Linear chain and site 2 is a plain ReLU: one
+    ordering at a time, with site 2's units permuted into their ablation order and its
+    pre-activation stored transposed ``(n2, b)``. An ablated site-2 unit's output is a
+    constant from then on, so at segment ``e`` only the still-kept units (a contiguous
+    suffix of rows) are updated, rectified and multiplied into the logits; the rectified
+    rows left behind hold exactly the site-2 values of the segment's rank-1 logit steps."""
+    children = runner.children
+    n1 = st.specs[0].n_units
+    n_ord, n = orders.shape
+    n2, n_cls = wt.shape
+    dev, dt = st.device, st.dtype
+    lv = torch.as_tensor(levels, device=dev)
+    plans = []
+    for o in range(n_ord):
+        order = orders[o]
+        is1 = order < n1
+        seq1 = order[is1]
+        seg_start = torch.cat([torch.zeros(1, dtype=torch.long), torch.nonzero(is1).view(-1) + 1])
+        seg_of = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(is1.long(), 0)])
+        pos_in_seg = torch.arange(n + 1) - seg_start[seg_of]
+        rank = torch.empty(n, dtype=torch.long)
+        rank[order] = torch.arange(1, n + 1)
+        rank2 = rank[n1:]
+        perm2 = torch.argsort(rank2)  # site-2 units in ablation order
+        # site-2 units ablated by each segment's start: a prefix of perm2
+        cut = torch.searchsorted(rank2[perm2], seg_start, right=True).tolist() + [n2]
+        perm2_d = perm2.to(dev)
+        wcs = chain1.weight_cols(seq1.to(dev))[:, perm2_d].contiguous()  # (n1, n2)
+        w_out = wt.t()[:, perm2_d].contiguous()  # (C, n2)
+        events = [
+            (
+                int(seg_start[e]),
+                cut[e],
+                cut[e + 1],
+                fill_bias[o, e].unsqueeze(1),
+                w_out[:, cut[e] :],
+                wcs[e, cut[e + 1] :].unsqueeze(1) if e < n1 and cut[e + 1] < n2 else None,
+            )
+            for e in range(n1 + 1)
+        ]
+        # levels p steps into a segment: (level, level - 1, sorted site-2 unit ablated)
+        step2 = torch.full((n + 1,), -1, dtype=torch.long)
+        step2[1:][~is1] = torch.arange(n2)
+        steps = []
+        for p in range(1, int(pos_in_seg.max()) + 1):
+            idx = torch.nonzero(pos_in_seg == p).view(-1)
+            steps.append((idx.to(dev), (idx - 1).to(dev), step2[idx].to(dev)))
+        plans.append(
+            (
+                perm2_d,
+                seq1.to(dev),
+                events,
+                wt[perm2_d].unsqueeze(2),  # (n2, C, 1)
+                fill_r2[perm2_d].unsqueeze(1),  # (n2, 1)
+                steps,
+            )
+        )
+    all_levels = len(levels) == n + 1 and bool(np.array_equal(levels, np.arange(n + 1)))
+
+    def work(h1: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Correct counts and loss sums ``(O, L)`` for one chunk of samples."""
+        correct = torch.zeros(n_ord, len(levels), dtype=torch.long)
+        loss = torch.zeros(n_ord, len(levels), dtype=torch.float64)
+        b = h1.shape[0]
+        pre0 = chain1.run(children, h1)  # (b, n2)
+        d1 = (-h1 if fill1 is None else _fill_view(fill1, h1) - h1).transpose(0, 1)
+        if d1.ndim > 2:  # a Linear chain sees the spatial mean
+            d1 = _reduce(d1, 1)
+        d1 = d1.contiguous()  # (n1, b)
+        pre_t = torch.empty(n2, b, dtype=dt, device=dev)
+        h2_t = torch.empty(n2, b, dtype=dt, device=dev)
+        lg = torch.empty(n + 1, n_cls, b, dtype=dt, device=dev)  # (N+1, C, b) logits
+        for o, (perm2_d, seq1_d, events, wt_s, fill_s, steps) in enumerate(plans):
+            pre_t.copy_(pre0.index_select(1, perm2_d).t())
+            d1s = d1.index_select(0, seq1_d)  # (n1, b): event e's input change
+            for e, (start, lo, hi, fb, w_out_e, wcol) in enumerate(events):
+                h2 = torch.clamp_min(pre_t[lo:], 0, out=h2_t[lo:])
+                torch.addmm(fb, w_out_e, h2, out=lg[start])  # the segment's first level
+                if wcol is not None:  # one more site-1 unit: rank-1 update of the kept rows
+                    pre_t[hi:].addcmul_(wcol, d1s[e].unsqueeze(0))
+            # h2_t now holds each site-2 unit's activity at the start of its segment
+            contrib = wt_s * (fill_s - h2_t).unsqueeze(1)  # (n2, C, b) per site-2 step
+            for idx, prev, unit in steps:  # levels p steps into a segment add step p
+                lg.index_copy_(0, idx, lg.index_select(0, prev) + contrib.index_select(0, unit))
+            c, s = _score_first_max(lg if all_levels else lg[lv], yb)
+            correct[o] += c
+            loss[o] += s
+        return correct, loss
+
+    n_lv = n + 1
+    b_chunk = max(8, (1 << 17) // max(1, n2))  # ~0.5 MB per dense op
+    per_sample = (2 * n_lv * n_cls + 3 * n2 * n_cls + 4 * n2) * 4
+    b_chunk = max(1, min(b_chunk, budget // (per_sample * _workers(dev))))
+    return _run_chunks(st, runner, work, b_chunk, n_ord, len(levels), progress, balance=True)
+
+
+def _score_first_max(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`score_mcb` in fewer passes: one ``max`` gives the maximum and its first
+    index; a sample is correct when that index is its label and the label's logit is the
+    maximum (false for NaN logits, as in :func:`score_mcb`)."""
+    m, _, b = logits.shape
+    mx, first = logits.max(1)  # (M, B)
+    picked = logits.gather(1, y.view(1, 1, b).expand(m, 1, b)).squeeze(1)
+    hit = (first == y.view(1, b)) & (picked == mx)
+    lse = mx + torch.log(torch.exp(logits - mx.unsqueeze(1)).sum(1))
+    return hit.sum(1).long().cpu(), (lse - picked).double().sum(1).cpu()
+
+
 def _no_grad_call(fn: Any, args: tuple[Any, ...]) -> Any:
     with torch.no_grad():  # grad mode is per thread
         return fn(*args)
@@ -433,12 +561,14 @@ def _run_chunks(
     n_ord: int,
     n_levels: int,
     progress: bool,
+    balance: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``work(site_output_chunk, labels_chunk)`` over sample chunks of every batch and
-    sum the results. On CPU the chunks go to a pool of threads, each running single-threaded
-    torch ops: the incremental walk is made of many small ops, and independent chunks scale
-    across cores without the per-op synchronization of intra-op threads (which collapses on a
-    busy machine)."""
+    sum the results (with ``balance``, chunks of at most ``b_chunk`` samples, as equal as
+    possible and as many as a multiple of the workers). On CPU the chunks go to a pool of
+    threads, each running single-threaded torch ops: the incremental walk is made of many
+    small ops, and independent chunks scale across cores without the per-op synchronization
+    of intra-op threads (which collapses on a busy machine)."""
     from concurrent.futures import ThreadPoolExecutor
 
     correct = torch.zeros(n_ord, n_levels, dtype=torch.long)
@@ -458,10 +588,12 @@ def _run_chunks(
                 torch.set_num_threads(1)
             for x, y in st.batches:
                 h_all = runner.prefix(x)
-                jobs = [
-                    (h_all[a : a + b_chunk], y[a : a + b_chunk])
-                    for a in range(0, x.shape[0], b_chunk)
-                ]
+                step = b_chunk
+                if balance:
+                    n_chunks = -(-x.shape[0] // b_chunk)
+                    n_chunks = -(-n_chunks // workers) * workers
+                    step = max(1, -(-x.shape[0] // n_chunks))
+                jobs = [(h_all[a : a + step], y[a : a + step]) for a in range(0, x.shape[0], step)]
                 if pool is None:
                     results = [work(h, yb) for h, yb in jobs]
                 else:
