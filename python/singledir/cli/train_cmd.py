@@ -119,9 +119,14 @@ def train_command(
         result = train(cfg, out, resume=resume, progress=not quiet, on_epoch=show_epoch)
     except KeyboardInterrupt:
         # Typer turns the interrupt into exit status 130 without a word: say how to go on.
+        state = out / "resume.pt"
+        where = (
+            f"{state} holds the last finished epoch"
+            if state.exists()
+            else "no epoch had finished yet"
+        )
         console.print(
-            f"[bold red]interrupted:[/] {out / 'resume.pt'} holds the last finished epoch; "
-            "run the same command again to resume",
+            f"[bold red]interrupted:[/] {where}; run the same command again to resume",
             highlight=False,
             soft_wrap=True,
         )
