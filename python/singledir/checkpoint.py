@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,7 +140,8 @@ def read_checkpoint_dict(
             f"checkpoint {str(p)!r} is corrupted or not a torch file ({_first_line(reason)}): "
             "re-create it or restore a good copy"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 - junk bytes break the unpickler in many ways
+        # (RuntimeError, EOFError, BadZipFile, ValueError, IndexError, KeyError, struct.error...)
         raise CheckpointError(
             f"checkpoint {str(p)!r} is truncated or corrupted ({type(exc).__name__}: "
             f"{_first_line(str(exc))}): re-create it or restore a good copy"
