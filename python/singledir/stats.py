@@ -107,6 +107,23 @@ def _acts(acts: Any) -> NDArray[np.float32]:
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+def _class_count(label_max: int, num_classes: int | None) -> int:
+    """The number of classes: ``num_classes`` (checked against the largest label) or
+    ``label_max + 1``; at least 2."""
+    if num_classes is None:
+        k = label_max + 1
+    else:
+        k = int(num_classes)
+        if label_max >= k:
+            raise InputError(
+                f"label {label_max} is out of range for num_classes={k}: "
+                "raise num_classes or fix the labels"
+            )
+    if k < 2:
+        raise InputError(f"need at least 2 classes, got {k}: check the labels")
+    return k
+
+
 def _labels(labels: Any, n_samples: int, num_classes: int | None) -> tuple[NDArray[np.int64], int]:
     y = _to_numpy(labels, "labels")
     if y.ndim != 1:
@@ -123,16 +140,7 @@ def _labels(labels: Any, n_samples: int, num_classes: int | None) -> tuple[NDArr
     lo, hi = int(y.min()), int(y.max())
     if lo < 0:
         raise InputError(f"labels contain {lo}: labels must be class indices 0..n_classes-1")
-    if num_classes is None:
-        k = hi + 1
-    else:
-        k = int(num_classes)
-        if hi >= k:
-            raise InputError(
-                f"label {hi} is out of range for num_classes={k}: raise num_classes or fix labels"
-            )
-    if k < 2:
-        raise InputError(f"need at least 2 classes, got {k}: check the labels")
+    k = _class_count(hi, num_classes)
     counts = np.bincount(y, minlength=k)
     empty = np.flatnonzero(counts == 0)
     if len(empty):
@@ -545,18 +553,7 @@ def stats_from_activations(
                 f"layer {layer!r} has unit indices up to {row['unit_max']} for only "
                 f"{row['rows']} records: number the units 0..n_units-1"
             )
-    label_max = int(overview["label_max"].max())  # type: ignore[arg-type]
-    if num_classes is None:
-        k = label_max + 1
-    else:
-        k = int(num_classes)
-        if label_max >= k:
-            raise InputError(
-                f"label {label_max} is out of range for num_classes={k}: "
-                "raise num_classes or fix the labels"
-            )
-    if k < 2:
-        raise InputError(f"need at least 2 classes, got {k}: check the labels")
+    k = _class_count(int(overview["label_max"].max()), num_classes)  # type: ignore[arg-type]
 
     columns = ("unit", "label", "activation")
     pieces: list[pl.DataFrame] = []
