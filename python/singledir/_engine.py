@@ -32,16 +32,6 @@ METHODS = ("auto", "stacked", "hooks")
 
 
 # ----------------------------------------------------------------------------------- data
-def pick_device(device: str | torch.device | None) -> torch.device:
-    """``device`` or, when None, CUDA if available else CPU."""
-    if device is not None:
-        try:
-            return torch.device(device)
-        except (RuntimeError, TypeError):
-            raise InputError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from None
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _tensor(v: Any, what: str) -> torch.Tensor:
     if isinstance(v, torch.Tensor):
         return v

@@ -49,7 +49,6 @@ from singledir._engine import (
     make_runner,
     memory_budget_bytes,
     parse_chain,
-    pick_device,
     prepared,
     score,
     score_mcb,
@@ -59,6 +58,7 @@ from singledir._engine import (
     unit_fill,
     unit_moments,
 )
+from singledir.devices import resolve_device
 from singledir.errors import InputError
 from singledir.progress import make_progress
 from singledir.sites import SiteSpec
@@ -732,7 +732,7 @@ def ablation_curves(
         One row per (ordering, level): ``ordering``, ``n_ablated``, ``fraction_ablated``
         (``n_ablated / N``), ``accuracy``, ``loss`` (mean cross-entropy), ``seed``.
     """
-    dev = pick_device(device)
+    dev = resolve_device(device)
     with prepared(model, dev) as dtype, torch.no_grad():
         st = setup(model, data, layers, batch_size, dev, dtype)
         lv = ablation_levels(levels, st.n_units)
@@ -915,7 +915,7 @@ def unit_importance(
     the data has none). ``value``, ``data`` and the other arguments are as in
     :func:`ablation_curves`.
     """
-    dev = pick_device(device)
+    dev = resolve_device(device)
     with prepared(model, dev) as dtype, torch.no_grad():
         st = setup(model, data, layers, batch_size, dev, dtype)
         budget = memory_budget_bytes(memory_budget_mb, dev)

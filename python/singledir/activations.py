@@ -19,6 +19,7 @@ import polars as pl
 import torch
 from torch import nn
 
+from singledir.devices import resolve_device
 from singledir.errors import DataError, InputError, SiteError
 from singledir.progress import make_progress
 
@@ -27,18 +28,6 @@ __all__ = ["record_activations", "record_activation_arrays", "iter_labeled_batch
 
 class _StopForward(Exception):
     """Raised from the hook of the last recorded site: the rest of the network is not needed."""
-
-
-def _pick_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
-    if device is not None:
-        try:
-            return torch.device(device)
-        except (RuntimeError, TypeError) as exc:
-            raise InputError(f"unknown device {device!r}: use 'cpu', 'cuda' or 'cuda:N'") from exc
-    for p in model.parameters():
-        if p.device.type != "cpu":
-            return p.device
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _as_tensor(v: Any, what: str) -> torch.Tensor:
@@ -210,7 +199,7 @@ def record_activation_arrays(
         Inputs whose shape does not fit the model.
     """
     modules = dict(model.named_modules())
-    dev = _pick_device(device, model)
+    dev = resolve_device(device)
     bs = int(batch_size) if batch_size is not None else 512
     total = _n_samples(data)
     param = next((p for p in model.parameters() if p.is_floating_point()), None)

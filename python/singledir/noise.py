@@ -24,13 +24,13 @@ from singledir._engine import (
     chunk_count,
     make_runner,
     memory_budget_bytes,
-    pick_device,
     prepared,
     score,
     seed_for,
     setup,
     unit_moments,
 )
+from singledir.devices import resolve_device
 from singledir.errors import InputError
 from singledir.progress import make_progress
 
@@ -80,7 +80,7 @@ def noise_curves(
         raise InputError(f"noise scales must be finite and >= 0, got {list(scales)}")
     if repeats < 1:
         raise InputError(f"--repeats must be >= 1, got {repeats}")
-    dev = pick_device(device)
+    dev = resolve_device(device)
     with prepared(model, dev) as dtype, torch.no_grad():
         st = setup(model, data, layers, batch_size, dev, dtype)
         runner = make_runner(model, st.sites, st.batches.sample_x, method)

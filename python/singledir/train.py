@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from singledir.checkpoint import read_checkpoint_dict, save_checkpoint
 from singledir.data import DATASET_NAMES, ImageFolderData, LabeledData, load_dataset
+from singledir.devices import resolve_device
 from singledir.errors import CheckpointError, ConfigError
 from singledir.io import atomic_write, read_table, write_table
 from singledir.models import MODEL_NAMES, build_model, model_config, parse_widths
@@ -48,7 +49,6 @@ __all__ = [
     "TrainResult",
     "train",
     "evaluate",
-    "resolve_device",
     "lr_factor",
     "METRIC_COLUMNS",
     "OPTIMIZERS",
@@ -258,16 +258,6 @@ class TrainResult:
         """The last epoch's metrics row."""
         rows = self.metrics.to_dicts()
         return rows[-1] if rows else {}
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; ``cuda`` without a GPU is a ConfigError."""
-    d = str(device).lower()
-    if d == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if d.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' asked for but no CUDA GPU is visible: use --device cpu")
-    return torch.device(d)
 
 
 def lr_factor(schedule: str, epoch_index: int, epochs: int) -> float:

@@ -82,8 +82,10 @@ def _load(
     device: str | None,
 ) -> Loaded:
     """Load the checkpoint and the split of the dataset it was trained on."""
-    _check_device(device)
     from singledir.checkpoint import load_checkpoint
+    from singledir.devices import resolve_device
+
+    resolve_device(device)  # a bad --device fails before any loading
     from singledir.data import dataset_info, load_dataset
 
     in_shape = None
@@ -148,27 +150,6 @@ def _load(
         "device": device,
     }
     return Loaded(model=model, data=data, checkpoint=ckpt, info=info)
-
-
-def _check_device(device: str | None) -> None:
-    import torch
-
-    if device is None:
-        return
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ConfigError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise ConfigError(f"--device {device} but no CUDA GPU is available: use --device cpu")
-        if dev.index is not None and dev.index >= n:
-            raise ConfigError(
-                f"--device {device} but only {n} CUDA GPU(s) exist: use cuda:0..cuda:{n - 1}"
-            )
-    elif dev.type != "cpu":
-        raise ConfigError(f"unsupported device {device!r}: use cpu, cuda or cuda:N")
 
 
 def _check_fits(model: Any, data: Any) -> None:
