@@ -56,20 +56,14 @@ def _need(df: pl.DataFrame, cols: Sequence[str], what: str) -> None:
 
 def curve_bands(df: pl.DataFrame, x: str, y: str) -> pl.DataFrame:
     """Mean and standard deviation (ddof=0) of ``y`` per value of ``x`` across all rows
-    with that ``x`` (orderings or repeats), sorted by ``x``.
+    with that ``x`` (orderings or repeats), sorted by ``x``
+    (:func:`singledir.curves.level_bands`).
 
     Columns: ``x``, ``{y}_mean``, ``{y}_std`` and ``n`` (rows averaged).
     """
-    _need(df, [x, y], "curves")
-    return (
-        df.group_by(x)
-        .agg(
-            pl.col(y).mean().alias(f"{y}_mean"),
-            pl.col(y).std(ddof=0).alias(f"{y}_std"),
-            pl.len().alias("n"),
-        )
-        .sort(x)
-    )
+    from singledir.curves import level_bands
+
+    return level_bands(df, x, y).rename({"mean": f"{y}_mean", "std": f"{y}_std"})
 
 
 def _seed_text(frames: Mapping[str, pl.DataFrame]) -> str:

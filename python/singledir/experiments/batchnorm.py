@@ -13,12 +13,12 @@ from typing import Any
 
 import polars as pl
 
+from singledir.curves import level_bands
 from singledir.experiments import figures
 from singledir.experiments.common import (
     analysis_params,
     load_model,
     run_ablation,
-    summarize_by,
     unit_table,
 )
 from singledir.experiments.runner import (
@@ -99,7 +99,7 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
             ]
         ).sort(["batchnorm", "seed"])
         write_table(runs, out_dir / "runs.parquet")
-        summary = summarize_by(curves, "batchnorm", "fraction_ablated", "accuracy")
+        summary = level_bands(curves, "fraction_ablated", "accuracy", by="batchnorm")
         on, off = _label(True), _label(False)
 
         def col(df: pl.DataFrame, which: str, name: str) -> Any:

@@ -20,7 +20,6 @@ __all__ = [
     "run_ablation",
     "run_noise",
     "auc_value",
-    "summarize_by",
     "mean_by",
 ]
 
@@ -139,25 +138,10 @@ def run_noise(
 def auc_value(curves: pl.DataFrame, relative: bool = False) -> float:
     """Area under the cumulative ablation curve (accuracy against fraction ablated), the
     mean over orderings; ``relative`` divides each curve by its unablated accuracy."""
-    from singledir.ablation import ablation_auc
+    from singledir.curves import ablation_auc
 
     value = ablation_auc(curves, relative=relative)
     return float(value)  # type: ignore[arg-type]
-
-
-def summarize_by(df: pl.DataFrame, group: str | list[str], x: str, y: str) -> pl.DataFrame:
-    """Mean and standard deviation (ddof 0) of ``y`` per ``group`` and ``x`` (pooled over
-    orderings, repeats and seeds): columns ``group..., x, mean, std, n``."""
-    groups = [group] if isinstance(group, str) else list(group)
-    return (
-        df.group_by([*groups, x])
-        .agg(
-            pl.col(y).mean().alias("mean"),
-            pl.col(y).std(ddof=0).alias("std"),
-            pl.len().alias("n"),
-        )
-        .sort([*groups, x])
-    )
 
 
 def mean_by(df: pl.DataFrame, group: str, value: str) -> tuple[np.ndarray, np.ndarray]:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from singledir.curves import level_bands
 from singledir.experiments import figures
 from singledir.experiments.common import (
     analysis_params,
@@ -21,7 +22,6 @@ from singledir.experiments.common import (
     mean_by,
     run_ablation,
     run_noise,
-    summarize_by,
 )
 from singledir.experiments.runner import (
     PhaseTimer,
@@ -101,8 +101,8 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         write_table(curves, out_dir / "curves.parquet")
         write_table(noise, out_dir / "noise.parquet")
         write_table(runs, out_dir / "runs.parquet")
-        curve_summary = summarize_by(curves, "corrupt", "fraction_ablated", "accuracy")
-        noise_summary = summarize_by(noise, "corrupt", "scale", "accuracy")
+        curve_summary = level_bands(curves, "fraction_ablated", "accuracy", by="corrupt")
+        noise_summary = level_bands(noise, "scale", "accuracy", by="corrupt")
         fracs, mean_auc = mean_by(runs, "corrupt", "auc")
         _, mean_nauc = mean_by(runs, "corrupt", "noise_auc")
         claims: list[Claim] = [

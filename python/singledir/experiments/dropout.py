@@ -14,8 +14,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from singledir.curves import level_bands
 from singledir.experiments import figures
-from singledir.experiments.common import analysis_params, load_model, run_ablation, summarize_by
+from singledir.experiments.common import analysis_params, load_model, run_ablation
 from singledir.experiments.runner import (
     PhaseTimer,
     RunRecord,
@@ -79,7 +80,7 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
     with timer.phase("statistics"):
         curves = collect_table(records, "curves.parquet")
         write_table(curves, out_dir / "curves.parquet")
-        summary = summarize_by(curves, ["corrupt", "dropout"], "fraction_ablated", "accuracy")
+        summary = level_bands(curves, "fraction_ablated", "accuracy", by=["corrupt", "dropout"])
         rows = []
         for (corrupt, p), part in summary.group_by(["corrupt", "dropout"], maintain_order=True):
             before, after = slopes(

@@ -16,8 +16,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from singledir.curves import level_bands
 from singledir.experiments import figures
-from singledir.experiments.common import analysis_params, load_model, run_ablation, summarize_by
+from singledir.experiments.common import analysis_params, load_model, run_ablation
 from singledir.experiments.runner import (
     PhaseTimer,
     RunRecord,
@@ -93,7 +94,7 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
             .otherwise(pl.lit("other"))
             .alias("group")
         ).filter(pl.col("group") != "other")
-        summary = summarize_by(grouped, "group", "fraction_ablated", "accuracy")
+        summary = level_bands(grouped, "fraction_ablated", "accuracy", by="group")
         auc_best = runs.head(k)["auc"].to_numpy()
         auc_worst = runs.tail(k)["auc"].to_numpy()
         claims: list[Claim] = [
