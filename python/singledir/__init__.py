@@ -1,10 +1,15 @@
 """singledir: how much does a network rely on single directions, and what does that say
 about how it generalizes? (Morcos, Barrett, Rabinowitz & Botvinick, ICLR 2018.)
 
-The public API is re-exported here; see ``__all__``.
+The public API is re-exported here; see ``__all__``. Names are imported lazily, on first use,
+through the ``_EXPORTS`` table (name -> module), so ``import singledir`` and ``singledir
+--help`` do not pay for torch. To add a public name, add it to ``_EXPORTS`` and ``__all__``.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from singledir import errors
 from singledir.errors import (
@@ -16,41 +21,57 @@ from singledir.errors import (
     SingledirError,
     SiteError,
 )
-from singledir.models import MLP, ConvNet11, build_model, resnet
-
-# --- statistics (Rust core) ---
-from singledir.stats import (
-    class_selectivity,
-    curve_auc,
-    level_mean_std,
-    mutual_information,
-    preferred_class,
-    rank_units,
-    score_correlations,
-    stats_from_activations,
-    unit_stats,
-)
-
-# isort: split
-# --- data, checkpoints, training ---
-from singledir.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from singledir.data import DATASET_NAMES, ImageFolderData, LabeledData, load_dataset
-from singledir.train import TrainConfig, TrainResult, evaluate
-
-# isort: split
-# --- ablation engine ---
-from singledir.ablation import ablation_auc, ablation_curves, summarize_curves, unit_importance
-from singledir.activations import record_activation_arrays, record_activations
-from singledir.noise import noise_auc, noise_curves
-from singledir.sites import resolve_sites
-
-# isort: split
-# --- experiments and reports ---
-from singledir.executors import make_executor
-from singledir.experiments import EXPERIMENT_NAMES, resolve_settings, run_experiment
-from singledir.report import Claim, Section, write_report
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    # --- models ---
+    "MLP": "singledir.models",
+    "ConvNet11": "singledir.models",
+    "resnet": "singledir.models",
+    "build_model": "singledir.models",
+    # --- statistics (Rust core) ---
+    "class_selectivity": "singledir.stats",
+    "preferred_class": "singledir.stats",
+    "mutual_information": "singledir.stats",
+    "unit_stats": "singledir.stats",
+    "stats_from_activations": "singledir.stats",
+    "rank_units": "singledir.stats",
+    "score_correlations": "singledir.stats",
+    "curve_auc": "singledir.stats",
+    "level_mean_std": "singledir.stats",
+    # --- data, checkpoints, training ---
+    "DATASET_NAMES": "singledir.data",
+    "LabeledData": "singledir.data",
+    "ImageFolderData": "singledir.data",
+    "load_dataset": "singledir.data",
+    "Checkpoint": "singledir.checkpoint",
+    "save_checkpoint": "singledir.checkpoint",
+    "load_checkpoint": "singledir.checkpoint",
+    "TrainConfig": "singledir.train",
+    "TrainResult": "singledir.train",
+    "evaluate": "singledir.train",
+    "resolve_device": "singledir.devices",
+    # --- ablation engine ---
+    "ablation_curves": "singledir.ablation",
+    "summarize_curves": "singledir.ablation",
+    "ablation_auc": "singledir.ablation",
+    "unit_importance": "singledir.ablation",
+    "noise_curves": "singledir.noise",
+    "noise_auc": "singledir.noise",
+    "resolve_sites": "singledir.sites",
+    "record_activations": "singledir.activations",
+    "record_activation_arrays": "singledir.activations",
+    # --- experiments and reports ---
+    "run_experiment": "singledir.experiments",
+    "resolve_settings": "singledir.experiments",
+    "EXPERIMENT_NAMES": "singledir.experiments",
+    "make_executor": "singledir.executors",
+    "Claim": "singledir.report",
+    "Section": "singledir.report",
+    "write_report": "singledir.report",
+}
 
 __all__ = [
     "__version__",
@@ -66,7 +87,6 @@ __all__ = [
     "ConvNet11",
     "resnet",
     "build_model",
-    # --- statistics (Rust core) ---
     "class_selectivity",
     "preferred_class",
     "mutual_information",
@@ -76,7 +96,6 @@ __all__ = [
     "score_correlations",
     "curve_auc",
     "level_mean_std",
-    # --- data, checkpoints, training ---
     "DATASET_NAMES",
     "LabeledData",
     "ImageFolderData",
@@ -87,7 +106,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "evaluate",
-    # --- ablation engine ---
+    "resolve_device",
     "ablation_curves",
     "summarize_curves",
     "ablation_auc",
@@ -97,7 +116,6 @@ __all__ = [
     "resolve_sites",
     "record_activations",
     "record_activation_arrays",
-    # --- experiments and reports ---
     "run_experiment",
     "resolve_settings",
     "EXPERIMENT_NAMES",
@@ -106,3 +124,42 @@ __all__ = [
     "Section",
     "write_report",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'singledir' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
+
+if TYPE_CHECKING:  # static checkers and IDEs see the real names
+    from singledir.ablation import ablation_auc, ablation_curves, summarize_curves, unit_importance
+    from singledir.activations import record_activation_arrays, record_activations
+    from singledir.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+    from singledir.data import DATASET_NAMES, ImageFolderData, LabeledData, load_dataset
+    from singledir.devices import resolve_device
+    from singledir.executors import make_executor
+    from singledir.experiments import EXPERIMENT_NAMES, resolve_settings, run_experiment
+    from singledir.models import MLP, ConvNet11, build_model, resnet
+    from singledir.noise import noise_auc, noise_curves
+    from singledir.report import Claim, Section, write_report
+    from singledir.sites import resolve_sites
+    from singledir.stats import (
+        class_selectivity,
+        curve_auc,
+        level_mean_std,
+        mutual_information,
+        preferred_class,
+        rank_units,
+        score_correlations,
+        stats_from_activations,
+        unit_stats,
+    )
+    from singledir.train import TrainConfig, TrainResult, evaluate

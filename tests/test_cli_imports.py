@@ -1,0 +1,51 @@
+"""Imports that cost stay lazy: `import singledir` and `singledir --help` never load torch,
+and every public name still resolves through the lazy table."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import singledir
+
+_HEAVY = ("torch", "torchvision", "matplotlib", "sklearn")
+
+
+def _loaded_after(code: str) -> set[str]:
+    probe = f"{code}\nimport sys\nprint('LOADED=' + ','.join(m for m in {_HEAVY!r} if m in sys.modules))"
+    run = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    line = [t for t in run.stdout.splitlines() if t.startswith("LOADED=")][-1]
+    return {m for m in line.removeprefix("LOADED=").split(",") if m}
+
+
+def test_import_singledir_loads_no_torch() -> None:
+    assert _loaded_after("import singledir") == set()
+
+
+def test_every_public_name_resolves() -> None:
+    for name in singledir.__all__:
+        assert getattr(singledir, name) is not None, name
+    assert sorted(singledir._EXPORTS) == sorted(
+        n for n in singledir.__all__ if n in singledir._EXPORTS
+    )
+    # every lazily exported name is listed in __all__ (the two tables agree)
+    assert set(singledir._EXPORTS) <= set(singledir.__all__)
+
+
+def test_unknown_attribute_is_attribute_error() -> None:
+    try:
+        singledir.no_such_name  # noqa: B018
+    except AttributeError as exc:
+        assert "no_such_name" in str(exc)
+    else:
+        raise AssertionError("no AttributeError")
+
+
+def test_top_level_help_loads_no_torch() -> None:
+    code = (
+        "import sys\nsys.argv = ['singledir', '--help']\n"
+        "from singledir.cli.app import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
+    )
+    assert _loaded_after(code) == set()
