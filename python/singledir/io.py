@@ -15,9 +15,30 @@ from singledir.errors import DataError
 __all__ = ["atomic_path", "atomic_write", "check_output_path", "write_table", "read_table"]
 
 
-def check_output_path(path: str | os.PathLike[str]) -> Path:
-    """Return ``path`` as a Path after checking that its folder exists and is writable."""
+def check_output_path(path: str | os.PathLike[str], *, folder: bool = False) -> Path:
+    """Return ``path`` as a Path after checking that it can be written, before any work.
+
+    A file output needs an existing, writable parent folder and must not name a folder. A
+    folder output (``folder=True``, created by its writer) must not name an existing file.
+    Neither may lie under an existing file (``out.parquet/x``).
+    """
     p = Path(path)
+    what = "output folder" if folder else "output path"
+    for ancestor in p.parents:
+        if ancestor.exists() or ancestor.is_symlink():
+            if not ancestor.is_dir():
+                raise DataError(
+                    f"{what} {str(p)!r} lies under {str(ancestor)!r}, which is a file, not a "
+                    "folder: choose another path"
+                )
+            break
+    if folder:
+        if p.exists() and not p.is_dir():
+            raise DataError(f"{what} {str(p)!r} is an existing file: give a folder path")
+        existing = next((a for a in (p, *p.parents) if a.is_dir()), Path("."))
+        if not os.access(existing, os.W_OK):
+            raise DataError(f"folder {str(existing)!r} is not writable: choose another path")
+        return p
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise DataError(

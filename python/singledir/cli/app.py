@@ -6,8 +6,8 @@ import os
 import sys
 
 import typer
-from rich.console import Console
 
+from singledir.cli.options import fail
 from singledir.errors import SingledirError
 
 app = typer.Typer(
@@ -23,8 +23,6 @@ app = typer.Typer(
     add_completion=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-
-_err = Console(stderr=True)
 
 
 def _register() -> None:
@@ -43,30 +41,29 @@ def main() -> None:
         result = app(standalone_mode=False)
     except typer.Exit as exc:  # --help and friends
         sys.exit(exc.exit_code)
-    except typer.TyperException as exc:  # usage errors: Typer's own message and usage line
-        show = getattr(exc, "show", None)
-        if callable(show):
-            show()
-        else:
-            _err.print(f"[bold red]error:[/] {exc.format_message()}", highlight=False)
-        sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: one line that points at --help
+        code = getattr(exc, "exit_code", 2)
+        fmt = getattr(exc, "format_message", None)
+        text = fmt() if callable(fmt) else str(exc)
+        ctx = getattr(exc, "ctx", None)
+        where = getattr(ctx, "command_path", None) or "singledir"
+        fail(f"{' '.join(str(text).split())} (see '{where} --help')")
+        sys.exit(code if isinstance(code, int) and code else 2)
     except (KeyboardInterrupt, typer.Abort):
-        _err.print(
-            "[bold red]interrupted:[/] nothing half-written was kept; "
-            "run the same command again to resume"
+        fail(
+            "nothing half-written was kept; run the same command again to resume",
+            label="interrupted:",
         )
         sys.exit(130)
     except SingledirError as exc:
-        _err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        fail(exc)
         sys.exit(exc.exit_code)
     except Exception as exc:  # last resort: still one line, no traceback
         if os.environ.get("SINGLEDIR_DEBUG"):
             raise
-        _err.print(
-            f"[bold red]internal error:[/] {type(exc).__name__}: {exc} "
-            "(set SINGLEDIR_DEBUG=1 for a traceback and report it)",
-            highlight=False,
-            soft_wrap=True,
+        fail(
+            f"{type(exc).__name__}: {exc} (set SINGLEDIR_DEBUG=1 for a traceback and report it)",
+            label="internal error:",
         )
         sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)
