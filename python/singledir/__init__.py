@@ -52,6 +52,8 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": "singledir.train",
     "TrainResult": "singledir.train",
     "evaluate": "singledir.train",
+    "AUCMonitor": "singledir.monitor",
+    "SelectivityRegularizer": "singledir.regularizers",
     "resolve_device": "singledir.devices",
     # --- ablation engine ---
     "ablation_curves": "singledir.ablation",
@@ -106,6 +108,8 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "evaluate",
+    "AUCMonitor",
+    "SelectivityRegularizer",
     "resolve_device",
     "ablation_curves",
     "summarize_curves",
@@ -148,7 +152,9 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from singledir.executors import make_executor
     from singledir.experiments import EXPERIMENT_NAMES, resolve_settings, run_experiment
     from singledir.models import MLP, ConvNet11, build_model, resnet
+    from singledir.monitor import AUCMonitor
     from singledir.noise import noise_auc, noise_curves
+    from singledir.regularizers import SelectivityRegularizer
     from singledir.report import Claim, Section, write_report
     from singledir.sites import resolve_sites
     from singledir.stats import (
