@@ -18,7 +18,8 @@ from __future__ import annotations
 import math
 import os
 import pickle
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
     "Checkpoint",
+    "CheckpointMeta",
     "save_checkpoint",
     "load_checkpoint",
     "read_checkpoint_dict",
@@ -41,6 +43,85 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "singledir-checkpoint"
 CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    """How a checkpoint's data is drawn again: the contract between the writer of checkpoints
+    (:func:`singledir.train.train`) and every reader (:mod:`singledir.evaluation`, the CLI,
+    :mod:`singledir.experiments`).
+
+    The same fields appear in a training config dict, so :meth:`from_dict` reads either a
+    checkpoint's ``meta`` or a :class:`~singledir.train.TrainConfig` dict.
+    """
+
+    dataset: str | None = None
+    data_dir: str | None = None
+    data_seed: int = 0
+    train_size: int | None = None
+    test_size: int | None = None
+    corrupt: float = 0.0
+    corrupt_seed: int = 0
+    val_fraction: float = 0.0
+    seed: int | None = None
+    epoch: int | None = None
+
+    @classmethod
+    def from_dict(cls, meta: Mapping[str, Any] | None) -> CheckpointMeta:
+        """Read the fields from a checkpoint's ``meta`` (or a training config dict).
+
+        Older checkpoints kept ``data_dir`` only in ``meta["train_config"]`` and had no
+        ``data_seed`` (their subsets used ``seed``); both are read from there.
+        """
+        meta = dict(meta or {})
+        train_cfg = meta.get("train_config")
+        train_cfg = dict(train_cfg) if isinstance(train_cfg, Mapping) else {}
+
+        def get(key: str) -> Any:
+            value = meta.get(key)
+            return train_cfg.get(key) if value is None else value
+
+        def as_int(value: Any, what: str) -> int | None:
+            if value is None:
+                return None
+            try:
+                return int(value)
+            except (TypeError, ValueError):
+                raise CheckpointError(
+                    f"checkpoint metadata {what}={value!r} is not an integer: re-save it"
+                ) from None
+
+        def as_float(value: Any, what: str) -> float:
+            try:
+                number = float(value or 0.0)
+            except (TypeError, ValueError):
+                raise CheckpointError(
+                    f"checkpoint metadata {what}={value!r} is not a number: re-save it"
+                ) from None
+            if not math.isfinite(number):
+                raise CheckpointError(f"checkpoint metadata {what}={value!r} is not finite")
+            return number
+
+        data_seed = get("data_seed")
+        if data_seed is None:
+            data_seed = get("seed")
+        dataset, data_dir = get("dataset"), get("data_dir")
+        return cls(
+            dataset=str(dataset) if dataset else None,
+            data_dir=str(data_dir) if data_dir else None,
+            data_seed=as_int(data_seed, "data_seed") or 0,
+            train_size=as_int(get("train_size"), "train_size"),
+            test_size=as_int(get("test_size"), "test_size"),
+            corrupt=as_float(get("corrupt"), "corrupt"),
+            corrupt_seed=as_int(get("corrupt_seed"), "corrupt_seed") or 0,
+            val_fraction=as_float(get("val_fraction"), "val_fraction"),
+            seed=as_int(get("seed"), "seed"),
+            epoch=as_int(meta.get("epoch"), "epoch"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as plain metadata (what :func:`save_checkpoint` stores)."""
+        return asdict(self)
 
 
 @dataclass
@@ -52,6 +133,11 @@ class Checkpoint:
     meta: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     kind: str = "singledir"  # or "state_dict" for a plain state dict
+
+    @property
+    def data_meta(self) -> CheckpointMeta:
+        """The typed part of ``meta`` that says how the checkpoint's data is drawn."""
+        return CheckpointMeta.from_dict(self.meta)
 
 
 def plain(value: Any) -> Any:
