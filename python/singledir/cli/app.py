@@ -7,6 +7,15 @@ import sys
 
 import typer
 
+from singledir.cli import (
+    ablate_cmd,
+    importance_cmd,
+    noise_cmd,
+    record_cmd,
+    reproduce_cmd,
+    stats_cmd,
+    train_cmd,
+)
 from singledir.cli.options import fail
 from singledir.errors import SingledirError
 
@@ -25,9 +34,15 @@ app = typer.Typer(
 )
 
 
-def _register() -> None:
-    # Each stage's module adds its own command(s) to `app`.
-    from singledir.cli import commands  # noqa: F401
+# Each command lives in its own module, which does not import this one (no cycle); the
+# modules import only typer and cli.options at the top, so `singledir --help` stays fast.
+app.command("train")(train_cmd.train_command)
+app.command("record")(record_cmd.record)
+app.command("stats")(stats_cmd.stats)
+app.command("ablate")(ablate_cmd.ablate)
+app.command("noise")(noise_cmd.noise)
+app.command("importance")(importance_cmd.importance)
+app.command("reproduce")(reproduce_cmd.reproduce)
 
 
 def main() -> None:
@@ -36,7 +51,6 @@ def main() -> None:
     Click runs outside its standalone mode so that errors, Ctrl-C included, reach the handlers
     below and each becomes one line on stderr with a non-zero exit, never a traceback.
     """
-    _register()
     try:
         result = app(standalone_mode=False)
     except typer.Exit as exc:  # --help and friends

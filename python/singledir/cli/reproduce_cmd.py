@@ -2,81 +2,118 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from singledir.cli.app import app
+from singledir.cli.options import INT_MAX, bounded_float, bounded_int, plain, say
 
-_out = Console()
+__all__ = ["reproduce"]
+
+_LIST_KINDS: dict[str, type] = {
+    "widths": int,
+    "noise_scales": float,
+    "fractions": float,
+    "dropouts": float,
+    "sweep_lrs": float,
+    "sweep_batch_sizes": int,
+    "sweep_widths": float,
+}
 
 
 def _lists(**values: str | None) -> dict[str, Any]:
     from singledir.experiments.settings import parse_list
 
-    kinds = {
-        "widths": int,
-        "noise_scales": float,
-        "fractions": float,
-        "dropouts": float,
-        "sweep_lrs": float,
-        "sweep_batch_sizes": int,
-        "sweep_widths": float,
-    }
     out: dict[str, Any] = {}
     for key, text in values.items():
         if text is not None:
-            out[key] = parse_list(text, kinds[key], "--" + key.replace("_", "-"))
+            out[key] = parse_list(text, _LIST_KINDS[key], "--" + key.replace("_", "-"))
     return out
 
 
-@app.command()
+def _count(option: str, help_text: str, low: int = 1) -> Any:
+    return typer.Option(option, parser=bounded_int(low, INT_MAX), metavar="INT", help=help_text)
+
+
+def _number(option: str, help_text: str) -> Any:
+    return typer.Option(option, parser=bounded_float(), metavar="FLOAT", help=help_text)
+
+
 def reproduce(
-    experiment: str = typer.Argument(
-        ...,
-        help="corruption, ensemble, training, selection, dropout, batchnorm, selectivity or all",
-    ),
-    preset: str = typer.Option("quick", help="tiny (seconds), quick (minutes), paper (GPU)"),
-    dataset: str | None = typer.Option(
-        None, help="digits, mnist, fashion-mnist, cifar10, imagenet (default: the preset's)"
-    ),
-    data_dir: str | None = typer.Option(None, help="folder with the dataset files"),
-    out: str | None = typer.Option(None, help="results folder (default results/EXPERIMENT)"),
-    executor: str = typer.Option("process", help="process (local pool), serial or ray"),
-    address: str | None = typer.Option(None, help="Ray cluster HOST:PORT or auto (with ray)"),
-    workers: int | None = typer.Option(None, help="parallel runs (default: the cores)"),
-    seed: int | None = typer.Option(None, help="first seed"),
-    seeds: int | None = typer.Option(None, help="seeds (repeats) per condition"),
-    model: str | None = typer.Option(None, help="mlp, convnet11, resnet18, resnet50"),
-    widths: str | None = typer.Option(None, help="MLP hidden widths, e.g. 128,128"),
-    width: float | None = typer.Option(None, help="ConvNet11 channel multiplier"),
-    train_size: int | None = typer.Option(None, help="training samples (subset)"),
-    epochs: int | None = typer.Option(None, help="training epochs"),
-    batch_size: int | None = typer.Option(None, help="training batch size"),
-    optimizer: str | None = typer.Option(None, help="sgd or adam"),
-    lr: float | None = typer.Option(None, help="learning rate"),
-    weight_decay: float | None = typer.Option(None, help="weight decay"),
-    device: str | None = typer.Option(None, help="auto, cpu or cuda"),
-    orderings: int | None = typer.Option(None, help="random ablation orderings"),
-    levels: int | None = typer.Option(None, help="ablation levels per curve"),
-    ablation_samples: int | None = typer.Option(None, help="training samples the ablation uses"),
-    eval_samples: int | None = typer.Option(None, help="test samples (evaluation, statistics)"),
-    noise_scales: str | None = typer.Option(None, help="noise std multiples, e.g. 0,0.5,1,2"),
-    noise_repeats: int | None = typer.Option(None, help="noise draws per scale"),
-    corrupt: float | None = typer.Option(None, help="label corruption of the training runs"),
-    fractions: str | None = typer.Option(None, help="corruption fractions, e.g. 0,0.5,1"),
-    ensemble_size: int | None = typer.Option(None, help="nets in the ensemble"),
-    snapshot_every: int | None = typer.Option(None, help="epochs between snapshots"),
-    dropouts: str | None = typer.Option(None, help="dropout rates, e.g. 0.1,0.2,0.3"),
-    dropout_corrupt: float | None = typer.Option(None, help="corruption of the dropout nets"),
-    sweep_lrs: str | None = typer.Option(None, help="learning rates of the sweep"),
-    sweep_batch_sizes: str | None = typer.Option(None, help="batch sizes of the sweep"),
-    sweep_widths: str | None = typer.Option(
-        None, help="MLP widths (ConvNet11 multipliers) of the sweep"
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
+    experiment: Annotated[
+        str,
+        typer.Argument(
+            help="corruption, ensemble, training, selection, dropout, batchnorm, selectivity "
+            "or all",
+            show_default=False,
+        ),
+    ],
+    preset: Annotated[
+        str, typer.Option(help="tiny (seconds), quick (minutes), paper (GPU)")
+    ] = "quick",
+    dataset: Annotated[
+        str | None,
+        typer.Option(
+            help="digits, mnist, fashion-mnist, cifar10, imagenet (default: the preset's)"
+        ),
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option(help="folder with the dataset files (else $SINGLEDIR_DATA)")
+    ] = None,
+    out: Annotated[
+        str | None, typer.Option(help="results folder (default results/EXPERIMENT)")
+    ] = None,
+    executor: Annotated[str, typer.Option(help="process (local pool), serial or ray")] = "process",
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster HOST:PORT or auto (with ray)")
+    ] = None,
+    workers: Annotated[
+        int | None, _count("--workers", "parallel runs (default: the cores)")
+    ] = None,
+    seed: Annotated[int | None, _count("--seed", "first seed", low=0)] = None,
+    seeds: Annotated[int | None, _count("--seeds", "seeds (repeats) per condition")] = None,
+    model: Annotated[str | None, typer.Option(help="mlp, convnet11, resnet18, resnet50")] = None,
+    widths: Annotated[str | None, typer.Option(help="MLP hidden widths, e.g. 128,128")] = None,
+    width: Annotated[float | None, _number("--width", "ConvNet11 channel multiplier")] = None,
+    train_size: Annotated[int | None, _count("--train-size", "training samples (subset)")] = None,
+    epochs: Annotated[int | None, _count("--epochs", "training epochs", low=0)] = None,
+    batch_size: Annotated[int | None, _count("--batch-size", "training batch size")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd or adam")] = None,
+    lr: Annotated[float | None, _number("--lr", "learning rate")] = None,
+    weight_decay: Annotated[float | None, _number("--weight-decay", "weight decay")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N")] = None,
+    orderings: Annotated[int | None, _count("--orderings", "random ablation orderings")] = None,
+    levels: Annotated[int | None, _count("--levels", "ablation levels per curve", low=2)] = None,
+    ablation_samples: Annotated[
+        int | None, _count("--ablation-samples", "training samples the ablation uses")
+    ] = None,
+    eval_samples: Annotated[
+        int | None, _count("--eval-samples", "test samples (evaluation, statistics)")
+    ] = None,
+    noise_scales: Annotated[
+        str | None, typer.Option(help="noise std multiples, e.g. 0,0.5,1,2")
+    ] = None,
+    noise_repeats: Annotated[int | None, _count("--noise-repeats", "noise draws per scale")] = None,
+    corrupt: Annotated[
+        float | None, _number("--corrupt", "label corruption of the training runs")
+    ] = None,
+    fractions: Annotated[
+        str | None, typer.Option(help="corruption fractions, e.g. 0,0.5,1")
+    ] = None,
+    ensemble_size: Annotated[int | None, _count("--ensemble-size", "nets in the ensemble")] = None,
+    snapshot_every: Annotated[
+        int | None, _count("--snapshot-every", "epochs between snapshots")
+    ] = None,
+    dropouts: Annotated[str | None, typer.Option(help="dropout rates, e.g. 0.1,0.2,0.3")] = None,
+    dropout_corrupt: Annotated[
+        float | None, _number("--dropout-corrupt", "corruption of the dropout nets")
+    ] = None,
+    sweep_lrs: Annotated[str | None, typer.Option(help="learning rates of the sweep")] = None,
+    sweep_batch_sizes: Annotated[str | None, typer.Option(help="batch sizes of the sweep")] = None,
+    sweep_widths: Annotated[
+        str | None, typer.Option(help="MLP widths (ConvNet11 multipliers) of the sweep")
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Reproduce one analysis of the paper (or `all`): train the nets, ablate, measure, and
     write parquet results, PNG figures and a report (HTML and Markdown) whose verdicts are
@@ -84,6 +121,9 @@ def reproduce(
 
     Example: singledir reproduce corruption
     """
+    from rich.table import Table
+    from rich.text import Text
+
     from singledir.experiments import run_experiment
 
     overrides: dict[str, Any] = {
@@ -131,20 +171,24 @@ def reproduce(
         address=address,
         progress=not quiet,
     )
-    table = Table(title=f"{outcome.experiment}: the paper's claims, measured here")
+    table = Table(title=plain(f"{outcome.experiment}: the paper's claims, measured here"))
     table.add_column("paper")
     table.add_column("claim", max_width=60)
     table.add_column("measured")
     table.add_column("verdict")
     colors = {"holds": "green", "does not hold": "red"}
-    for c in outcome.claims:
-        color = colors.get(c.verdict, "yellow")
-        table.add_row(c.figure, c.claim, c.statistic, f"[{color}]{c.verdict}[/]")
-    _out.print(table)
+    for claim in outcome.claims:
+        color = colors.get(claim.verdict, "yellow")
+        table.add_row(
+            plain(claim.figure),
+            plain(claim.claim),
+            plain(claim.statistic),
+            Text(str(claim.verdict), style=color),
+        )
+    say(table)
     reused = f", {outcome.runs_skipped} reused" if outcome.runs_skipped else ""
-    _out.print(
-        f"{outcome.runs_total} runs{reused} in {outcome.wall_s:.1f} s. "
-        f"Report: [bold]{outcome.report_html}[/] (Markdown: {outcome.report_md})",
-        highlight=False,
-        soft_wrap=True,
+    say(
+        plain(f"{outcome.runs_total} runs{reused} in {outcome.wall_s:.1f} s. Report:"),
+        Text(str(outcome.report_html), style="bold"),
+        plain(f"(Markdown: {outcome.report_md})"),
     )

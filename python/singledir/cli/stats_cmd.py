@@ -9,13 +9,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from singledir.cli.app import app
 from singledir.errors import ConfigError
 
 _out = Console()
 
 
-@app.command()
 def stats(
     activations: Path = typer.Argument(
         ...,

@@ -8,7 +8,6 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from singledir.cli.app import app
 from singledir.cli.options import bounded_float, bounded_int
 from singledir.errors import ConfigError
 
@@ -24,7 +23,6 @@ def _int_list(text: str, what: str) -> list[int]:
         ) from None
 
 
-@app.command("train")
 def train_command(
     dataset: str = typer.Option(
         "digits", "--dataset", "-d", help="digits, mnist, fashion-mnist, cifar10 or imagenet."
