@@ -31,6 +31,10 @@ from singledir.errors import InputError
 
 __all__ = ["AUCMonitor", "seeded_subset", "take_samples"]
 
+_IN_MEMORY = (
+    "a sample subset needs in-memory data: pass (x, y) tensors or a LabeledData "
+    "(or omit samples to monitor all of the data)"
+)
 _HISTORY_SCHEMA = {"epoch": pl.Int64, "auc": pl.Float64, "seconds": pl.Float64}
 
 
@@ -63,16 +67,16 @@ def take_samples(data: Any, indices: torch.Tensor) -> Any:
             if isinstance(value, torch.Tensor):
                 sliced[name] = value.index_select(0, indices.to(value.device))
         return dataclasses.replace(data, **sliced)  # type: ignore[type-var]
-    raise InputError(
-        "a sample subset needs in-memory data: pass (x, y) tensors or a LabeledData "
-        "(or omit samples to monitor all of the data)"
-    )
+    raise InputError(_IN_MEMORY)
 
 
 def _n_samples(data: Any) -> int:
     if isinstance(data, tuple | list) and len(data) == 2:
         return int(data[1].shape[0])
-    return int(data.y.shape[0])
+    labels = getattr(data, "y", None)
+    if not isinstance(labels, torch.Tensor):
+        raise InputError(_IN_MEMORY)
+    return int(labels.shape[0])
 
 
 class AUCMonitor:

@@ -328,6 +328,7 @@ class _Run:
                 cfg.auc_levels,
                 seed=cfg.seed,
                 samples=cfg.auc_samples,
+                relative=cfg.auc_relative,
                 device=device,
             )
             if cfg.monitors_auc

@@ -75,10 +75,11 @@ class TrainConfig:
     val_fraction:
         Fraction of the training set held out (seeded by ``data_seed``, labels as drawn) as a
         validation split: ``val_loss``/``val_acc`` each epoch; the net trains on the rest.
-    auc_every, auc_samples, auc_orderings, auc_levels, auc_layers:
+    auc_every, auc_samples, auc_orderings, auc_levels, auc_layers, auc_relative:
         Every ``auc_every`` epochs (0 = never) the :class:`singledir.monitor.AUCMonitor`
         measures the ablation AUC on a fixed subset of ``auc_samples`` training samples
-        (seeded by ``seed``; ``None`` = all), with its labels as trained (``auc`` column).
+        (seeded by ``seed``; ``None`` = all), with its labels as trained (``auc`` column);
+        ``auc_relative`` divides each curve by its unablated accuracy.
     early_stop, patience:
         ``"auc"`` (highest AUC) or ``"val-loss"`` (lowest validation loss): stop after
         ``patience`` monitored epochs without improvement (``None``: never stop, only keep
@@ -129,6 +130,7 @@ class TrainConfig:
     auc_orderings: int = 3
     auc_levels: int = 21
     auc_layers: str = "all"
+    auc_relative: bool = False
     early_stop: str | None = None
     patience: int | None = None
     selectivity_reg: float = 0.0

@@ -92,6 +92,9 @@ def train_command(
     auc_layers: str = typer.Option(
         "all", help="Sites of the AUC monitor: all, lastN or comma-separated module names."
     ),
+    auc_relative: bool = typer.Option(
+        False, "--auc-relative", help="AUC of each curve divided by its unablated accuracy."
+    ),
     early_stop: str | None = typer.Option(
         None,
         metavar="auc|val-loss",
@@ -173,6 +176,7 @@ def train_command(
         auc_orderings=auc_orderings,
         auc_levels=auc_levels,
         auc_layers=auc_layers,
+        auc_relative=auc_relative,
         early_stop=criterion,
         patience=patience,
         selectivity_reg=selectivity_reg,
