@@ -18,9 +18,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from singledir import ablation_auc, ablation_curves, resolve_sites, summarize_curves
-from singledir._engine import make_runner
-from singledir.ablation import ablation_levels, unit_orderings
-from singledir.errors import InputError, SiteError
+from singledir.ablation import ablation_levels, ablation_plan, unit_orderings
+from singledir.errors import DataError, InputError, SiteError
 from singledir.models import MLP, ConvNet11, resnet
 from singledir.sites import ablation_hooks, site_units
 from torch import nn
@@ -168,15 +167,17 @@ def test_convnet11_matches_reference(bn: bool, layers: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("layers", "method"),
-    [("layer4.1", "auto"), ("layer3.1,layer4.1", "auto"), ("layer4.1", "hooks")],
+    ("layers", "method", "runner"),
+    [
+        ("layer4.1", "auto", "chain"),  # avgpool, flatten, fc after the last block
+        ("layer3.1,layer4.1", "auto", "fx"),  # layer4.0 branches (downsample)
+        ("layer4.1", "hooks", "hooks"),
+    ],
 )
-def test_resnet18_matches_reference(layers: str, method: str) -> None:
+def test_resnet18_matches_reference(layers: str, method: str, runner: str) -> None:
     x, y = _data((3, 8, 8), n=16)
     model = _resnet()
-    assert make_runner(model, layers.split(","), x[:2], method).kind == (
-        "fx" if method == "auto" else "hooks"
-    )
+    assert ablation_plan(model, (x, y), layers, method=method).runner == runner
     check_exact(model, x, y, layers, orderings=1, levels=5, method=method)
 
 
@@ -204,7 +205,9 @@ def test_user_model_default_sites_and_fallback(branchy: bool) -> None:
     model = _UserNet(branchy).eval()
     x, y = _data((10,), classes=4)
     assert resolve_sites(model, "all", sample_x=x[:2]) == ["body.1", "act"]
-    assert make_runner(model, ["body.1", "act"], x[:2]).kind == ("hooks" if branchy else "fx")
+    plan = ablation_plan(model, (x, y), "all")
+    assert plan.runner == ("hooks" if branchy else "chain")
+    assert plan.path == ("stacked" if branchy else "walk-linear")
     check_exact(model, x, y, "all")
 
 
@@ -374,7 +377,7 @@ def test_bad_inputs() -> None:
         ablation_curves(model, (x, y), "last3", progress=False)
     with pytest.raises(InputError, match="exceeds"):
         ablation_curves(model, (x, y), levels=30, progress=False)
-    with pytest.raises(InputError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         ablation_curves(model, (x[:0], y[:0]), progress=False)
     with pytest.raises(InputError, match="does not fit"):
         ablation_curves(model, (torch.randn(5, 7), y[:5]), progress=False)
@@ -386,7 +389,7 @@ def test_bad_inputs() -> None:
         ablation_curves(model, (x, y), order="ascending", progress=False)
     with pytest.raises(InputError, match="random, ascending or descending"):
         ablation_curves(model, (x, y), order="sideways", progress=False)
-    with pytest.raises(InputError, match="labels"):
+    with pytest.raises(DataError, match="labels"):
         ablation_curves(model, (x, y[:3]), progress=False)
     with pytest.raises(InputError, match=r"labels must lie in 0\.\.4"):
         ablation_curves(model, (x, y + 5), progress=False)

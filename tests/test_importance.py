@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from singledir import unit_importance
-from singledir.errors import InputError, SiteError
+from singledir.errors import DataError, InputError, SiteError
 from test_ablation_engine import _conv, _data, _mlp, _random_sequential, _resnet
 
 torch.set_num_threads(1)
@@ -109,7 +109,7 @@ def test_importance_without_per_class_and_errors() -> None:
         unit_importance(_mlp(), (x, y), "fc9", progress=False)
     with pytest.raises(InputError):
         unit_importance(_mlp(), (x, y), value="max", progress=False)
-    with pytest.raises(InputError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         unit_importance(_mlp(), (x[:0], y[:0]), progress=False)
 
 

@@ -11,7 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from singledir import noise_auc, noise_curves, resolve_sites
-from singledir._engine import make_runner, seed_for, setup, unit_moments
+from singledir.engine.plan import setup
+from singledir.engine.scoring import seed_for
+from singledir.engine.stacked import unit_moments
 from singledir.errors import InputError
 from singledir.sites import site_specs
 from test_ablation_engine import _conv, _data, _mlp, _resnet
@@ -96,7 +98,7 @@ def test_sigmas_match_reference() -> None:
     model = _conv(True)
     with torch.no_grad():
         s = setup(model, (x, y), "last3", None, torch.device("cpu"), torch.float32)
-        means, stds = unit_moments(s, make_runner(model, s.sites, x[:2]))
+        means, stds = unit_moments(s)
     want_m, want_s = ref.naive_moments(model, x, s.sites)
     for k in range(3):
         np.testing.assert_allclose(means[k].numpy(), want_m[k], rtol=1e-4, atol=1e-5)

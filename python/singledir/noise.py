@@ -20,19 +20,14 @@ import polars as pl
 import torch
 from torch import nn
 
-from singledir._engine import (
-    chunk_count,
-    make_runner,
-    memory_budget_bytes,
-    prepared,
-    score,
-    seed_for,
-    setup,
-    unit_moments,
-)
+from singledir.curves import normalized_area
 from singledir.devices import resolve_device
+from singledir.engine.plan import memory_budget_bytes, prepared, setup
+from singledir.engine.scoring import chunk_count, score, seed_for
+from singledir.engine.stacked import unit_moments
 from singledir.errors import InputError
 from singledir.progress import make_progress
+from singledir.sites import UnitDim
 
 __all__ = ["noise_curves", "noise_auc", "DEFAULT_SCALES"]
 
@@ -50,6 +45,7 @@ def noise_curves(
     batch_size: int | None = None,
     device: str | torch.device | None = None,
     memory_budget_mb: float | None = None,
+    unit_dim: UnitDim = None,
     progress: bool = True,
     method: str = "auto",
 ) -> pl.DataFrame:
@@ -57,8 +53,9 @@ def noise_curves(
 
     Parameters
     ----------
-    model, data, layers, batch_size, device, memory_budget_mb, progress, method:
-        As in :func:`singledir.ablation.ablation_curves`.
+    model, data, layers, unit_dim, batch_size, device, memory_budget_mb, progress, method:
+        As in :func:`singledir.ablation.ablation_curves` (a unit's noise is added at every
+        position; its sigma is over samples and positions).
     scales:
         Noise scales s (non-negative): noise std of unit u is ``s * sigma_u``.
     repeats:
@@ -82,27 +79,32 @@ def noise_curves(
         raise InputError(f"--repeats must be >= 1, got {repeats}")
     dev = resolve_device(device)
     with prepared(model, dev) as dtype, torch.no_grad():
-        st = setup(model, data, layers, batch_size, dev, dtype)
-        runner = make_runner(model, st.sites, st.batches.sample_x, method)
-        sigmas = unit_moments(st, runner)[1]
+        engine = setup(
+            model, data, layers, batch_size, dev, dtype, method=method, unit_dim=unit_dim
+        )
+        runner = engine.runner
+        sigmas = unit_moments(engine)[1]
         budget = memory_budget_bytes(memory_budget_mb, dev)
         scale_t = torch.tensor(sc, dtype=dtype, device=dev)
         n_s = len(sc)
         correct = torch.zeros(repeats, n_s, dtype=torch.long)
         loss = torch.zeros(repeats, n_s, dtype=torch.float64)
         gens = [torch.Generator().manual_seed(seed_for(seed, r)) for r in range(repeats)]
-        n_samples = st.batches.count()
-        n_batches = -(-n_samples // st.batches.batch_size)
+        n_samples = engine.batches.count()
+        n_batches = -(-n_samples // engine.batches.batch_size)
         with make_progress(quiet=None if progress else True) as bar:
             task = bar.add_task("noise curves", total=n_batches * repeats, status="")
-            for x, y in st.batches:
+            for x, y in engine.batches:
                 state = runner.prefix(x)
                 b = x.shape[0]
-                chunk = chunk_count(budget, b * st.row_bytes * 2, n_s)
+                chunk = chunk_count(budget, b * engine.row_bytes * 2, n_s)
                 for r in range(repeats):
+                    # drawn in the site's own layout, used with the unit axis on dim 1
                     z = [
-                        torch.randn((b, *spec.shape), generator=gens[r], dtype=dtype).to(dev)
-                        for spec in st.specs
+                        torch.randn((b, *spec.shape), generator=gens[r], dtype=dtype)
+                        .to(dev)
+                        .movedim(spec.unit_dim, 1)
+                        for spec in engine.specs
                     ]
                     for a in range(0, n_s, chunk):
                         s_chunk = scale_t[a : a + chunk]
@@ -118,7 +120,7 @@ def noise_curves(
                         ) -> torch.Tensor:
                             extra = [1] * (out.ndim - 2)
                             std = s_chunk.view(m, 1, 1, *extra) * sigmas[k].view(1, 1, -1, *extra)
-                            view = out.view(m, b, *out.shape[1:])
+                            view = out.reshape(m, b, *out.shape[1:])
                             return (view + std * z[k].unsqueeze(0)).view(out.shape)
 
                         logits = runner.suffix(state, m, edit)
@@ -149,9 +151,4 @@ def noise_auc(df: pl.DataFrame) -> float:
     if not need <= set(df.columns) or df.height == 0:
         raise InputError("noise table lacks scale/accuracy rows: pass the output of noise_curves")
     g = df.group_by("scale").agg(pl.col("accuracy").mean()).sort("scale")
-    s = g["scale"].to_numpy().astype(np.float64)
-    a = g["accuracy"].to_numpy().astype(np.float64)
-    if s.size == 1 or s[-1] == s[0]:
-        return float(a.mean())
-    area = float(np.sum((s[1:] - s[:-1]) * (a[1:] + a[:-1]) / 2.0))
-    return area / float(s[-1] - s[0])
+    return normalized_area(g["scale"].to_numpy(), g["accuracy"].to_numpy())

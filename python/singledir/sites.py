@@ -1,15 +1,18 @@
-"""Sites: the modules whose outputs can be ablated, how to choose them, and hooks on them.
+"""Sites: what can be ablated, how to choose it, its units, and hooks on module sites.
 
-A *site* is a module of a model whose output is ablatable: a ReLU after a Linear layer, a
-conv block's output, a residual block. Its *units* are the output's dimension 1: features
-of a 2-D ``(N, F)`` output, channels (feature maps) of a 4-D ``(N, C, H, W)`` output.
+A *site* is a module of a model (an activation module, a conv block's output, a residual
+block) or a graph node (``torch.relu`` / ``F.gelu`` calls, ``x.relu()``; named by its
+``torch.fx`` node name). Its *units* are its features: channels of ``(N, C, *spatial)``
+outputs, the last dimension of ``(N, *positions, C)`` outputs of Linear layers; the axis is
+inferred from the neighbouring operations (:mod:`singledir.engine.graph`) or given with
+``unit_dim``. A unit acts at every position; its activity for statistics is its mean over
+positions.
 
 - :func:`resolve_sites` turns a selector (``"all"``, ``"lastN"``, names) into site names in
-  forward order.
-- :func:`site_units` / :func:`site_specs` measure each site's unit count and output shape
-  with one forward pass on a sample batch.
-- :func:`site_hooks` / :func:`ablation_hooks` edit site outputs during a forward pass; the
-  hooks are always removed when the ``with`` block ends, even on error.
+  forward order; :func:`locate_sites` also measures each site (:class:`SiteSpec`).
+- :func:`list_sites` tabulates every candidate site of a model.
+- :func:`site_hooks` / :func:`ablation_hooks` edit module-site outputs during a forward
+  pass; the hooks are always removed when the ``with`` block ends, even on error.
 """
 
 from __future__ import annotations
@@ -17,17 +20,33 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
+from singledir.engine.graph import (
+    ACTIVATION_MODULES,
+    GraphSites,
+    trace,
+    unit_dim_from_modules,
+    unit_dim_from_neighbours,
+)
 from singledir.errors import InputError, SiteError
+
+if TYPE_CHECKING:
+    import polars as pl
+    from torch import fx
 
 __all__ = [
     "SiteSpec",
+    "Located",
+    "UnitDim",
     "resolve_sites",
+    "locate_sites",
     "default_sites",
+    "list_sites",
     "site_specs",
     "site_units",
     "site_hooks",
@@ -36,6 +55,7 @@ __all__ = [
 ]
 
 _LAST_N = re.compile(r"^last(\d+)$")
+UnitDim = int | Mapping[str, int] | None
 
 
 @contextmanager
@@ -51,53 +71,68 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class SiteSpec:
-    """One site: its module name, unit count, per-sample output shape and the offset of its
-    first unit in the pooled unit index (sites concatenated in forward order)."""
+    """One site: its name, kind (``module``/``function``/``method``), per-sample output
+    ``shape``, ``unit_dim`` (the unit axis as a dim of the full ``(N, ...)`` output), the
+    ``offset`` of its first unit (or direction) in the pooled index, and an optional
+    orthonormal ``basis`` ``(k, width)`` of directions: then its ``n_units`` are the k
+    directions."""
 
     name: str
     n_units: int
     shape: tuple[int, ...]
     offset: int = 0
+    unit_dim: int = 1
+    kind: str = "module"
+    basis: torch.Tensor | None = field(default=None, compare=False)
 
     @property
     def units(self) -> range:
         """Global (pooled) indices of this site's units."""
         return range(self.offset, self.offset + self.n_units)
 
+    @property
+    def width(self) -> int:
+        """Size of the unit axis."""
+        return int(self.shape[self.unit_dim - 1])
 
-def _fx_call_counts(model: nn.Module) -> dict[str, int] | None:
-    """How many times each module is called in the model's traced graph, or None when the
-    model cannot be traced symbolically."""
-    try:
-        from torch import fx
+    @property
+    def canonical_shape(self) -> tuple[int, ...]:
+        """Per-sample shape with the unit axis first: ``(width, *positions)``."""
+        rest = [s for i, s in enumerate(self.shape) if i != self.unit_dim - 1]
+        return (self.width, *rest)
 
-        graph = fx.Tracer().trace(model)
-    except Exception:
-        return None
-    counts: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            counts[str(node.target)] = counts.get(str(node.target), 0) + 1
-    return counts
+
+@dataclass
+class Located:
+    """Chosen sites of a model: names in forward order, their specs, the fx trace (None for
+    a model torch.fx cannot trace, with the reason) and the site nodes in it."""
+
+    names: list[str]
+    specs: list[SiteSpec]
+    gm: fx.GraphModule | None
+    nodes: list[fx.Node] | None
+    why_untraced: str = ""
+
+
+def _declared(model: nn.Module) -> list[str] | None:
+    declared = getattr(model, "site_names", None)
+    return [str(n) for n in declared] if declared else None
 
 
 def forward_order(
     model: nn.Module, names: Sequence[str], sample_x: torch.Tensor
 ) -> tuple[list[str], dict[str, int]]:
     """Run one forward pass on ``sample_x`` and report the named modules in the order they
-    first run, with how many times each ran."""
+    first finish, with how many times each ran (the path for untraceable models)."""
     modules = dict(model.named_modules())
     first: dict[str, int] = {}
     counts: dict[str, int] = {}
-    tick = [0]
     handles = []
 
     def make_hook(name: str) -> Callable[..., None]:
         def hook(_m: nn.Module, _i: object, _o: object) -> None:
             counts[name] = counts.get(name, 0) + 1
-            if name not in first:
-                first[name] = tick[0]
-                tick[0] += 1
+            first.setdefault(name, len(first))
 
         return hook
 
@@ -116,51 +151,26 @@ def forward_order(
 def default_sites(model: nn.Module, sample_x: torch.Tensor | None = None) -> list[str]:
     """The site set used by ``layers="all"``.
 
-    ``model.site_names`` when the model declares it (singledir's models), else every
-    :class:`torch.nn.ReLU` module that runs exactly once per forward pass, in forward order
-    (found with a symbolic trace, or with a forward pass on ``sample_x`` when the model
-    cannot be traced; registration order is the last resort).
+    ``model.site_names`` when the model declares it (singledir's models); else, from the
+    fx graph, every activation module that runs once and every activation function or
+    method call (``torch.relu``, ``F.gelu``, ``x.relu()``), in forward order. For a model
+    torch.fx cannot trace: activation modules that run once in a forward pass on
+    ``sample_x`` (registration order without one).
     """
-    declared = getattr(model, "site_names", None)
+    declared = _declared(model)
     if declared:
-        return [str(n) for n in declared]
-    relus = [n for n, m in model.named_modules() if isinstance(m, nn.ReLU) and n]
+        return declared
+    gm, _ = trace(model)
+    if gm is not None:
+        return GraphSites(model, gm).default_names()
+    acts = [n for n, m in model.named_modules() if isinstance(m, ACTIVATION_MODULES) and n]
     if sample_x is not None:
-        ordered, counts = forward_order(model, relus, sample_x)
+        ordered, counts = forward_order(model, acts, sample_x)
         return [n for n in ordered if counts.get(n, 0) == 1]
-    fx_counts = _fx_call_counts(model)
-    if fx_counts is not None:
-        return [n for n in relus if fx_counts.get(n, 0) == 1]
-    return relus
+    return acts
 
 
-def resolve_sites(
-    model: nn.Module,
-    layers: str | Sequence[str] = "all",
-    *,
-    sample_x: torch.Tensor | None = None,
-) -> list[str]:
-    """Turn a site selector into module names, in forward order.
-
-    Parameters
-    ----------
-    model:
-        Any :class:`torch.nn.Module`.
-    layers:
-        ``"all"`` (the default site set, see :func:`default_sites`), ``"lastN"`` (the last N
-        of the default set), a comma-separated string of module names, or a sequence of
-        module names. Any module of the model can be named, e.g. ``"layer4.1"``.
-    sample_x:
-        Optional input batch; when given, named sites are ordered by a forward pass and a
-        module that does not run exactly once per pass is refused.
-
-    Raises
-    ------
-    SiteError
-        Unknown name (the message lists the valid site names), ``lastN`` with N larger than
-        the number of sites, an empty selection, or a module that runs more than once.
-    """
-    defaults = default_sites(model, sample_x)
+def _select(layers: str | Sequence[str], defaults: list[str]) -> list[str]:
     if isinstance(layers, str):
         sel = layers.strip()
         if sel in ("", "all"):
@@ -178,16 +188,75 @@ def resolve_sites(
     else:
         names = [str(s) for s in layers]
     if not names:
-        raise SiteError("no sites selected: pass all, lastN or module names")
+        raise SiteError("no sites selected: pass all, lastN or module/node names")
+    if len(set(names)) != len(names):
+        raise SiteError(f"site listed twice in {names}: name each site once")
+    return names
+
+
+def _unknown(name: str, defaults: Sequence[str]) -> SiteError:
+    shown = ", ".join(defaults[:40]) + (" ..." if len(defaults) > 40 else "")
+    return SiteError(
+        f"unknown site {name!r}: choose from {shown} (or any module or fx node name of the "
+        "model; `singledir sites` lists them)"
+    )
+
+
+def resolve_sites(
+    model: nn.Module,
+    layers: str | Sequence[str] = "all",
+    *,
+    sample_x: torch.Tensor | None = None,
+) -> list[str]:
+    """Turn a site selector into site names, in forward order.
+
+    ``layers``: ``"all"`` (see :func:`default_sites`), ``"lastN"`` (the last N of them),
+    a comma-separated string or a sequence of module names (any module, e.g.
+    ``"layer4.1"``) or fx node names (``"relu_1"``). With ``sample_x`` an untraceable model
+    is ordered by a forward pass.
+
+    Raises
+    ------
+    SiteError
+        Unknown name (the message lists the valid site names), ``lastN`` with N larger than
+        the number of sites, an empty selection, or a module that runs more than once.
+    """
+    return _resolve(model, layers, sample_x)[0]
+
+
+def _resolve(
+    model: nn.Module, layers: str | Sequence[str], sample_x: torch.Tensor | None
+) -> tuple[list[str], fx.GraphModule | None, list[fx.Node] | None, str]:
+    gm, why = trace(model)
+    if gm is not None:
+        graph = GraphSites(model, gm)
+        defaults = _declared(model) or graph.default_names()
+        names = _select(layers, defaults)
+        found = []
+        for name in names:
+            site = graph.find(name)
+            if site is None:
+                if name in dict(model.named_modules()) and name:
+                    gm = None  # a module the graph does not cut cleanly: use hooks
+                    break
+                raise _unknown(name, defaults)
+            found.append(site)
+        if gm is not None:
+            found.sort(key=lambda s: graph.index[s.node])
+            return [s.name for s in found], gm, [s.node for s in found], ""
+        why = "a chosen module is not a clean cut of the fx graph"
+    declared = _declared(model)
+    defaults = declared if declared is not None else default_sites(model, sample_x)
+    names = _select(layers, defaults)
     modules = dict(model.named_modules())
     for name in names:
         if name not in modules or name == "":
-            shown = ", ".join(defaults[:40]) + (" ..." if len(defaults) > 40 else "")
-            raise SiteError(
-                f"unknown site {name!r}: choose from {shown} (or any module name of the model)"
-            )
-    if len(set(names)) != len(names):
-        raise SiteError(f"site listed twice in {names}: name each site once")
+            if gm is None and why.startswith("torch.fx"):
+                raise SiteError(
+                    f"unknown site {name!r}: this model cannot be traced by torch.fx, so only "
+                    f"module names work; choose from {', '.join(defaults[:40])}"
+                )
+            raise _unknown(name, defaults)
     if sample_x is not None:
         ordered, counts = forward_order(model, names, sample_x)
         for name in names:
@@ -197,76 +266,199 @@ def resolve_sites(
                     f"module {name!r} runs {c} times per forward pass: choose a module that "
                     "runs exactly once (e.g. a block rather than a shared ReLU)"
                 )
-        return ordered
-    rank = {n: i for i, n in enumerate(defaults)}
-    if all(n in rank for n in names):
-        return sorted(names, key=lambda n: rank[n])
-    fx_order = _fx_module_order(model)
-    if fx_order is not None and all(n in fx_order for n in names):
-        return sorted(names, key=lambda n: fx_order[n])
-    return names
+        names = ordered
+    return names, None, None, why
 
 
-def _fx_module_order(model: nn.Module) -> dict[str, int] | None:
-    """Position of every module (leaf or container) by the first call of it or of one of
-    its descendants in a symbolic trace, or None when the model cannot be traced."""
-    try:
-        from torch import fx
+def _observe(
+    model: nn.Module, names: Sequence[str], gm: fx.GraphModule | None, nodes: Any, x: torch.Tensor
+) -> tuple[dict[str, torch.Tensor], dict[str, list[nn.Module]]]:
+    """One forward pass on ``x`` recording each site's output (and, for hooks, the leaf
+    modules that ran before each site finished)."""
+    outs: dict[str, torch.Tensor] = {}
+    trails: dict[str, list[nn.Module]] = {}
+    if gm is not None:
+        from singledir.engine.runners import evaluate_graph
 
-        graph = fx.Tracer().trace(model)
-    except Exception:
-        return None
-    pos: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op == "call_module":
-            parts = str(node.target).split(".")
-            for k in range(1, len(parts) + 1):
-                pos.setdefault(".".join(parts[:k]), len(pos))
-    return pos
+        wanted = {n: s for n, s in zip(nodes, names, strict=True)}
 
+        def seen(node: Any, value: Any) -> None:
+            if node in wanted:
+                outs[wanted[node]] = value
 
-def site_specs(model: nn.Module, sites: Sequence[str], sample_x: torch.Tensor) -> list[SiteSpec]:
-    """Unit count, per-sample output shape and pooled offset of each site, measured by one
-    forward pass on ``sample_x`` (a batch of at least one sample)."""
-    shapes: dict[str, tuple[int, ...]] = {}
+        with torch.no_grad(), _eval_mode(model):
+            evaluate_graph(gm, x, seen)
+        return outs, trails
+    trail: list[nn.Module] = []
+    modules = dict(model.named_modules())
+    handles = []
+
+    def leaf_hook(m: nn.Module, _i: object, _o: object) -> None:
+        trail.append(m)
 
     def make_hook(name: str) -> Callable[..., None]:
         def hook(_m: nn.Module, _i: object, out: object) -> None:
-            if not isinstance(out, torch.Tensor) or out.ndim < 2:
-                raise SiteError(
-                    f"site {name!r} does not output a (batch, units, ...) tensor: "
-                    "choose a layer whose output is a tensor"
-                )
-            shapes[name] = tuple(int(s) for s in out.shape[1:])
+            if name not in outs and isinstance(out, torch.Tensor):
+                outs[name] = out
+                trails[name] = list(trail)
 
         return hook
 
-    with site_hooks(model, {}, observers={s: make_hook(s) for s in sites}):
+    try:
+        for m in model.modules():
+            if not list(m.children()):
+                handles.append(m.register_forward_hook(leaf_hook))
+        for name in names:
+            handles.append(modules[name].register_forward_hook(make_hook(name)))
         with torch.no_grad(), _eval_mode(model):
-            try:
-                model(sample_x)
-            except SiteError:
-                raise
-            except Exception as exc:
-                raise InputError(
-                    f"input of shape {tuple(sample_x.shape)} does not fit the model "
-                    f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}): "
-                    "pass data shaped like the model's training data"
-                ) from None
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return outs, trails
+
+
+def _wanted_unit_dim(unit_dim: UnitDim, name: str) -> int | None:
+    if unit_dim is None:
+        return None
+    if isinstance(unit_dim, Mapping):
+        value = unit_dim.get(name)
+        return None if value is None else int(value)
+    return int(unit_dim)
+
+
+def locate_sites(
+    model: nn.Module,
+    layers: str | Sequence[str],
+    sample_x: torch.Tensor,
+    *,
+    unit_dim: UnitDim = None,
+) -> Located:
+    """Resolve, order and measure the chosen sites with one forward pass on ``sample_x``.
+
+    ``unit_dim`` (an int for every site, or a dict ``site -> dim``) overrides the inferred
+    unit axis; dims count the batch as dim 0 and may be negative.
+    """
+    names, gm, nodes, why = _resolve(model, layers, sample_x)
+    if isinstance(unit_dim, Mapping):
+        extra = sorted(set(unit_dim) - set(names))
+        if extra:
+            raise SiteError(
+                f"unit_dim names {extra}, which are not chosen sites ({', '.join(names)}): "
+                "key it by the chosen site names"
+            )
+    try:
+        outs, trails = _observe(model, names, gm, nodes, sample_x)
+    except SiteError:
+        raise
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(
+            f"input of shape {tuple(sample_x.shape)} does not fit the model ({msg[:120]}): "
+            "pass data shaped like the model's training data"
+        ) from None
+    modules = dict(model.named_modules())
     specs = []
     offset = 0
-    for name in sites:
-        if name not in shapes:
+    for k, name in enumerate(names):
+        out = outs.get(name)
+        if out is None:
             raise SiteError(f"site {name!r} did not run in a forward pass: choose a used module")
-        shape = shapes[name]
-        specs.append(SiteSpec(name=name, n_units=shape[0], shape=shape, offset=offset))
-        offset += shape[0]
-    return specs
+        if not isinstance(out, torch.Tensor) or out.ndim < 2:
+            raise SiteError(
+                f"site {name!r} does not output a (batch, units, ...) tensor: "
+                "choose a layer whose output is a tensor"
+            )
+        ndim = out.ndim
+        dim = _wanted_unit_dim(unit_dim, name)
+        if dim is not None:
+            if not -ndim < dim < ndim or dim % ndim == 0:
+                raise InputError(
+                    f"unit_dim {dim} is out of range for site {name!r} with output shape "
+                    f"{tuple(out.shape)}: use 1..{ndim - 1} (or -{ndim - 1}..-1; 0 is the batch)"
+                )
+            dim %= ndim
+        elif gm is not None and nodes is not None:
+            dim = unit_dim_from_neighbours(gm, nodes[k], ndim)
+        else:
+            dim = unit_dim_from_modules(trails.get(name, []), modules[name], ndim)
+        if dim is None:
+            raise SiteError(
+                f"cannot tell the unit axis of site {name!r} (output shape "
+                f"{tuple(out.shape)}): pass unit_dim={{{name!r}: D}} (CLI: --unit-dim {name}=D)"
+            )
+        shape = tuple(int(s) for s in out.shape[1:])
+        kind = (
+            "module"
+            if gm is None or name in modules
+            else ("method" if nodes is not None and nodes[k].op == "call_method" else "function")
+        )
+        specs.append(
+            SiteSpec(
+                name=name,
+                n_units=shape[dim - 1],
+                shape=shape,
+                offset=offset,
+                unit_dim=dim,
+                kind=kind,
+            )
+        )
+        offset += shape[dim - 1]
+    return Located(names=names, specs=specs, gm=gm, nodes=nodes, why_untraced=why)
 
 
-def site_units(model: nn.Module, sites: Sequence[str], sample_x: torch.Tensor) -> dict[str, int]:
-    """Number of units of each site (features of a 2-D output, channels of a 4-D one)."""
-    return {s.name: s.n_units for s in site_specs(model, sites, sample_x)}
+def site_specs(
+    model: nn.Module, sites: Sequence[str], sample_x: torch.Tensor, *, unit_dim: UnitDim = None
+) -> list[SiteSpec]:
+    """Unit count, per-sample output shape, unit axis and pooled offset of each site (in
+    forward order), measured by one forward pass on ``sample_x``."""
+    return locate_sites(model, list(sites), sample_x, unit_dim=unit_dim).specs
+
+
+def site_units(
+    model: nn.Module, sites: Sequence[str], sample_x: torch.Tensor, *, unit_dim: UnitDim = None
+) -> dict[str, int]:
+    """Number of units of each site."""
+    return {s.name: s.n_units for s in site_specs(model, sites, sample_x, unit_dim=unit_dim)}
+
+
+def list_sites(model: nn.Module, data: Any, *, unit_dim: UnitDim = None) -> pl.DataFrame:
+    """Every candidate site of ``model`` (the ``layers="all"`` set) as a table: ``name``,
+    ``kind`` (module, function or method), ``n_units``, ``unit_dim`` (None where the axis
+    cannot be inferred: pass ``unit_dim``), ``shape`` (per-sample output shape).
+
+    ``data`` is anything the engines accept (only its first two samples are run).
+    """
+    import polars as pl
+
+    from singledir.engine.batches import Batches
+
+    params = [p for p in model.parameters() if p.is_floating_point()]
+    dtype = params[0].dtype if params else torch.float32
+    device = params[0].device if params else torch.device("cpu")
+    sample = Batches(data, 2, device, dtype).sample_x
+    with _eval_mode(model):
+        names = resolve_sites(model, "all", sample_x=sample)
+        rows: list[tuple[Any, ...]] = []
+        for name in names:
+            try:
+                spec = locate_sites(model, [name], sample, unit_dim=unit_dim).specs[0]
+                rows.append((name, spec.kind, spec.n_units, spec.unit_dim, list(spec.shape)))
+            except SiteError:
+                located = locate_sites(model, [name], sample, unit_dim={name: -1})
+                spec = located.specs[0]
+                rows.append((name, spec.kind, None, None, list(spec.shape)))
+    return pl.DataFrame(
+        rows,
+        schema={
+            "name": pl.String,
+            "kind": pl.String,
+            "n_units": pl.Int64,
+            "unit_dim": pl.Int64,
+            "shape": pl.List(pl.Int64),
+        },
+        orient="row",
+    )
 
 
 @contextmanager
@@ -276,14 +468,17 @@ def site_hooks(
     *,
     observers: Mapping[str, Callable[..., None]] | None = None,
 ) -> Iterator[None]:
-    """Replace each named site's output by ``edits[name](output)`` during forward passes
-    (and call ``observers[name](module, input, output)``); hooks are removed on exit."""
+    """Replace each named module site's output by ``edits[name](output)`` during forward
+    passes (and call ``observers[name](module, input, output)``); hooks are removed on exit."""
     modules = dict(model.named_modules())
     handles = []
     try:
         for name, fn in edits.items():
             if name not in modules:
-                raise SiteError(f"unknown site {name!r}: name a module of the model")
+                raise SiteError(
+                    f"site {name!r} is not a module: graph-node sites need a model that "
+                    "torch.fx can trace"
+                )
 
             def hook(
                 _m: nn.Module, _i: object, out: torch.Tensor, fn: Callable = fn
@@ -316,7 +511,7 @@ def ablation_hooks(
     masks: Mapping[str, torch.Tensor],
     values: Mapping[str, torch.Tensor] | None = None,
 ) -> Iterator[None]:
-    """Ablate units during forward passes.
+    """Ablate units (dim 1) of module sites during forward passes.
 
     ``masks[site]`` is a bool tensor, ``True`` = ablated, of shape ``(units,)`` (same for
     every sample) or ``(batch, units)`` (one mask per sample row). An ablated unit's output

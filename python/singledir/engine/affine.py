@@ -1,0 +1,169 @@
+"""Affine chains: the linear map from a site's units (or directions) to the next
+pre-activation, read off a chain of ops (:class:`~singledir.engine.runners.ChainOp`):
+``[pass] [mean pool [flatten] | flatten] (Linear | Conv1d/2d/3d) [BatchNorm eval] [pass]``.
+
+They give the incremental fast paths their rank-1 (Linear) and per-channel (conv) updates:
+changing unit u (or direction d) of the site by ``delta`` changes the chain's output by
+``delta`` times the weight column of u (or the weight times d).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from singledir.engine.runners import ChainOp
+
+__all__ = ["Chain", "parse_chain"]
+
+
+@dataclass
+class Chain:
+    """``ops[start:end]`` is the chain; ``layer`` its Linear or conv layer; ``scale`` the
+    eval batch-norm scale; ``basis`` ``(k, C)`` maps the site's directions to its units."""
+
+    start: int
+    end: int
+    layer: nn.Module
+    reduce_spatial: bool
+    scale: torch.Tensor | None
+    basis: torch.Tensor | None = None
+
+    @property
+    def is_linear(self) -> bool:
+        return not isinstance(self.layer, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+
+    def weight_cols(self, units: torch.Tensor) -> torch.Tensor:
+        """Linear layers: ``(M, out)`` = the weight columns of ``units`` (directions: the
+        weight times each direction), times the BN scale."""
+        weight = self.layer.weight
+        assert isinstance(weight, torch.Tensor)
+        if self.basis is None:
+            w = weight.t()[units]
+        else:
+            w = self.basis[units].to(weight.dtype) @ weight.t()
+        return (w * self.scale if self.scale is not None else w).contiguous()
+
+    def _conv_weight(self, units: torch.Tensor) -> torch.Tensor:
+        weight = self.layer.weight
+        assert isinstance(weight, torch.Tensor)
+        if self.basis is None:
+            return weight[:, units]
+        return torch.einsum("oc...,kc->ok...", weight, self.basis[units].to(weight.dtype))
+
+    def contrib(self, d: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """Chain output change for per-unit input changes ``d`` of shape ``(M, B, *spatial)``
+        of units ``units`` ``(M,)``: shape ``(M, B, *out)`` (bias excluded)."""
+        if self.is_linear:
+            r = d.mean(dim=tuple(range(2, d.ndim))) if d.ndim > 2 else d
+            return r.unsqueeze(-1) * self.weight_cols(units).unsqueeze(1)
+        conv = self.layer
+        assert isinstance(conv, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+        m, b = d.shape[0], d.shape[1]
+        w = self._conv_weight(units)  # (Cout, M, *kernel)
+        cout = w.shape[0]
+        w = w.transpose(0, 1).reshape(m * cout, 1, *w.shape[2:])
+        conv_fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[w.ndim - 2]
+        out = conv_fn(
+            d.transpose(0, 1),
+            w,
+            None,
+            conv.stride,
+            conv.padding,  # type: ignore[arg-type]
+            conv.dilation,
+            m,
+        )
+        out = out.view(b, m, cout, *out.shape[2:]).transpose(0, 1)
+        if self.scale is not None:
+            out = out * self.scale.view(1, 1, -1, *([1] * (out.ndim - 3)))
+        return out
+
+    def add_contrib(self, pre: torch.Tensor, d: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+        """``pre[None] + contrib(d, units)`` as one contiguous ``(M, B, *out)`` tensor."""
+        if self.is_linear:
+            r = d.mean(dim=tuple(range(2, d.ndim))) if d.ndim > 2 else d
+            return torch.addcmul(
+                pre.unsqueeze(0), r.unsqueeze(-1), self.weight_cols(units).unsqueeze(1)
+            )
+        return (pre.unsqueeze(0) + self.contrib(d, units)).contiguous()
+
+    def run(self, ops: Sequence[ChainOp], h: torch.Tensor) -> torch.Tensor:
+        for op in ops[self.start : self.end]:
+            h = op(h)
+        return h
+
+
+def parse_chain(
+    ops: Sequence[ChainOp], site_pos: int, site_ndim: int, basis: torch.Tensor | None = None
+) -> Chain | None:
+    """The affine chain right after the op at ``site_pos`` (whose output has ``site_ndim``
+    dims incl. batch, units on dim 1), or None when the next ops are not of that form."""
+    i = site_pos + 1
+    n = len(ops)
+
+    def skip(i: int) -> int:
+        while i < n and ops[i].kind == "pass":
+            i += 1
+        return i
+
+    i = skip(i)
+    reduce_spatial = False
+    if i < n and ops[i].kind == "pool_mean" and site_ndim >= 3:
+        reduce_spatial = True
+        flat = len(ops[i].out_shape) == 1
+        i += 1
+        if not flat:
+            if i < n and ops[i].kind == "flatten":
+                i += 1
+            else:
+                return None
+    elif i < n and ops[i].kind == "flatten" and site_ndim == 2:
+        i += 1
+    i = skip(i)
+    if i >= n:
+        return None
+    layer = ops[i].layer
+    if ops[i].kind == "linear":
+        if site_ndim != 2 and not reduce_spatial:
+            return None
+    elif ops[i].kind == "conv":
+        assert isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+        conv_nd = layer.weight.ndim - 2
+        if (
+            site_ndim != conv_nd + 2
+            or reduce_spatial
+            or layer.groups != 1
+            or layer.padding_mode != "zeros"
+            or isinstance(layer.padding, str)
+        ):
+            return None
+    else:
+        return None
+    assert layer is not None
+    i += 1
+    scale = None
+    if i < n and ops[i].kind == "bn":
+        bn = ops[i].layer
+        assert isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d)
+        if bn.training or bn.running_var is None:
+            return None
+        var = bn.running_var
+        assert isinstance(var, torch.Tensor)
+        scale = torch.rsqrt(var + float(bn.eps))  # type: ignore[arg-type]
+        if isinstance(bn.weight, torch.Tensor):
+            scale = scale * bn.weight
+        scale = scale.detach()
+        i += 1
+    i = skip(i)
+    return Chain(
+        start=site_pos + 1,
+        end=i,
+        layer=layer,
+        reduce_spatial=reduce_spatial,
+        scale=scale,
+        basis=basis,
+    )

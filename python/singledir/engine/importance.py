@@ -1,0 +1,93 @@
+"""Single-unit (single-direction) importance: every unit of a site ablated alone.
+
+With an affine chain after the site (whatever the model's writing), each unit is one
+rank-1 / per-channel term added to the next pre-activation and only the ops after that are
+run per unit; otherwise one stacked mask per unit goes through the cached suffix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+
+from singledir.engine.affine import parse_chain
+from singledir.engine.directions import to_coords
+from singledir.engine.plan import Setup
+from singledir.engine.runners import ChainRunner
+from singledir.engine.scoring import chunk_count, score_per_class
+from singledir.engine.stacked import mask_edit
+from singledir.engine.walk import TILE
+
+__all__ = ["site_importance", "importance_path"]
+
+
+def importance_path(site_setup: Setup, incremental: bool) -> tuple[str, Any]:
+    """``("incremental", chain)`` when the site reaches an affine chain, else
+    ``("stacked", reason)``."""
+    runner = site_setup.runner
+    spec = site_setup.specs[0]
+    if not incremental:
+        return "stacked", "method asked for"
+    if not isinstance(runner, ChainRunner):
+        return "stacked", f"not a chain after the site ({site_setup.runner_reason})"
+    if spec.unit_dim != 1:
+        return "stacked", "the unit axis is not dim 1"
+    chain = parse_chain(runner.ops, runner.site_pos[0], len(spec.shape) + 1, spec.basis)
+    if chain is None:
+        return "stacked", "the site does not feed an affine layer"
+    return "incremental", chain
+
+
+def site_importance(
+    site_setup: Setup,
+    fill: torch.Tensor | None,
+    budget: int,
+    bar: Any,
+    task: Any,
+    incremental: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Correct counts ``(n,)``, loss sums ``(n,)`` and per-class correct ``(n, classes)``
+    with each unit (direction) of the one site of ``site_setup`` ablated alone."""
+    spec = dataclasses.replace(site_setup.specs[0], offset=0)
+    runner = site_setup.runner
+    n = spec.n_units
+    n_classes = site_setup.n_classes
+    correct = torch.zeros(n, dtype=torch.long)
+    loss = torch.zeros(n, dtype=torch.float64)
+    per_class = torch.zeros(n, n_classes, dtype=torch.long)
+    path, chain = importance_path(site_setup, incremental)
+    units_all = torch.arange(n, device=site_setup.device)
+    for x, y in site_setup.batches:
+        b = x.shape[0]
+        h = runner.prefix(x)
+        chunk = chunk_count(budget, b * site_setup.row_bytes * 2, n)
+        pre = None
+        if path == "incremental":
+            assert isinstance(runner, ChainRunner)
+            pre = chain.run(runner.ops, h)
+            chunk = min(chunk, max(1, 2 * TILE // max(1, pre.numel())))
+            coords = to_coords(h, spec.basis)
+        for a in range(0, n, chunk):
+            units = units_all[a : a + chunk]
+            m = units.numel()
+            if pre is not None:
+                assert isinstance(runner, ChainRunner)
+                hu = coords[:, units].transpose(0, 1).contiguous()  # (m, b, *spatial)
+                d = -hu if fill is None else fill[units].view(m, 1, *([1] * (hu.ndim - 2))) - hu
+                z = chain.add_contrib(pre, d, units)
+                z = z.view(m * b, *z.shape[2:])
+                for op in runner.ops[chain.end :]:
+                    z = op(z)
+                logits = z
+            else:
+                masks = torch.zeros(m, n, dtype=torch.bool, device=site_setup.device)
+                masks[torch.arange(m, device=site_setup.device), units] = True
+                logits = runner.suffix(h, m, mask_edit([spec], masks, [fill]))
+            c, s, pc = score_per_class(logits.view(m, b, -1), y, n_classes)
+            correct[a : a + m] += c
+            loss[a : a + m] += s
+            per_class[a : a + m] += pc
+            bar.advance(task, m)
+    return correct, loss, per_class

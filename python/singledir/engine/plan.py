@@ -1,0 +1,309 @@
+"""The plan: which path a (model, data, sites) triple takes through the engine, and why.
+
+:func:`setup` resolves and measures the sites, traces the model and picks the runner
+(:mod:`singledir.engine.runners`); :func:`plan_curves` then picks the curve path:
+
+- ``cumsum``: one site whose ops to the logits are affine: the logits at every level are a
+  cumulative sum of per-unit contributions;
+- ``walk`` / ``walk-linear``: two sites, the first reaching the second's pre-activation
+  through an affine chain and the second reaching the logits through one: each event is a
+  rank-1 (per-channel) update, chosen when the work estimate is below stacked masks;
+- ``stacked``: stacked masks through the cached suffix (chain, fx cut or hooks).
+
+The decision depends only on the graph (not on how the model is written) and is returned
+as a :class:`Plan` with a readable ``repr``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from singledir.engine.affine import Chain, parse_chain
+from singledir.engine.batches import Batches
+from singledir.engine.directions import apply_directions
+from singledir.engine.runners import ChainRunner, Runner, make_runner
+from singledir.errors import InputError
+from singledir.sites import Located, SiteSpec, UnitDim, locate_sites
+
+__all__ = ["Plan", "Setup", "setup", "prepared", "plan_curves", "memory_budget_bytes"]
+
+DEFAULT_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Which path a model takes: ``runner`` (``chain``, ``fx`` or ``hooks``), ``path``
+    (``cumsum``, ``walk``, ``walk-linear``, ``stacked``), the sites with their unit axes
+    and unit counts, and the reasons for both choices."""
+
+    runner: str
+    path: str
+    sites: tuple[str, ...]
+    unit_dims: tuple[int, ...]
+    n_units: tuple[int, ...]
+    runner_reason: str
+    path_reason: str
+
+    def __repr__(self) -> str:
+        sites = ", ".join(
+            f"{s} (dim {d}, {n})"
+            for s, d, n in zip(self.sites, self.unit_dims, self.n_units, strict=True)
+        )
+        return (
+            f"Plan(path={self.path!r}: {self.path_reason}; runner={self.runner!r}: "
+            f"{self.runner_reason}; sites: {sites})"
+        )
+
+    __str__ = __repr__
+
+
+@dataclass
+class Setup:
+    """Everything an engine needs about a (model, data, sites) triple."""
+
+    model: nn.Module
+    batches: Batches
+    located: Located
+    specs: list[SiteSpec]
+    runner: Runner
+    runner_reason: str
+    n_units: int
+    n_classes: int
+    device: torch.device
+    dtype: torch.dtype
+    row_bytes: int
+
+    @property
+    def sites(self) -> list[str]:
+        return [s.name for s in self.specs]
+
+    def for_site(self, k: int) -> Setup:
+        """A setup for site k alone (its own runner and cut)."""
+        spec = self.specs[k]
+        located = Located(
+            names=[spec.name],
+            specs=[spec],
+            gm=self.located.gm,
+            nodes=None if self.located.nodes is None else [self.located.nodes[k]],
+            why_untraced=self.located.why_untraced,
+        )
+        method = "hooks" if self.runner.kind == "hooks" else "auto"
+        runner, why = make_runner(self.model, located, self.batches.sample_x, method)
+        return Setup(
+            **{
+                **self.__dict__,
+                "located": located,
+                "specs": [spec],
+                "runner": runner,
+                "runner_reason": why,
+                "n_units": spec.n_units,
+            }
+        )
+
+
+@contextmanager
+def prepared(model: nn.Module, device: torch.device) -> Iterator[torch.dtype]:
+    """Model on ``device`` in eval mode inside the block; its mode and device are restored."""
+    if not isinstance(model, nn.Module):
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    was_training = model.training
+    params = list(model.parameters()) + list(model.buffers())
+    old_device = params[0].device if params else torch.device("cpu")
+    dtype = next((p.dtype for p in params if p.is_floating_point()), torch.float32)
+    model.to(device)
+    model.eval()
+    try:
+        yield dtype
+    finally:
+        model.train(was_training)
+        model.to(old_device)
+
+
+def memory_budget_bytes(memory_budget_mb: float | None, device: torch.device) -> int:
+    if memory_budget_mb is not None:
+        if memory_budget_mb <= 0:
+            raise InputError(f"memory budget must be positive, got {memory_budget_mb} MB")
+        return int(memory_budget_mb * 2**20)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free * 0.5)
+    return 1024 * 2**20
+
+
+def activation_bytes_per_sample(model: nn.Module, sample_x: torch.Tensor) -> int:
+    """Sum of the output sizes of every leaf module for one sample (an upper bound on what
+    a forward pass keeps alive without autograd)."""
+    total = [0]
+    handles = []
+
+    def hook(_m: nn.Module, _i: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            total[0] += out.numel() * out.element_size()
+
+    try:
+        for m in model.modules():
+            if not list(m.children()):
+                handles.append(m.register_forward_hook(hook))
+        with torch.no_grad():
+            out = model(sample_x[:1])
+        if isinstance(out, torch.Tensor):
+            total[0] += 4 * out.numel() * out.element_size()  # functional calls are unhooked
+    finally:
+        for h in handles:
+            h.remove()
+    return max(total[0], 4)
+
+
+def setup(
+    model: nn.Module,
+    data: Any,
+    layers: str | Sequence[str],
+    batch_size: int | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    method: str = "auto",
+    unit_dim: UnitDim = None,
+    directions: str | Mapping[str, Any] = "units",
+    seed: int = 0,
+) -> Setup:
+    """Read the data, run the model once, locate the sites, set the directions and pick
+    the runner."""
+    batches = Batches(data, int(batch_size or DEFAULT_BATCH), device, dtype)
+    sample = batches.sample_x
+    try:
+        with torch.no_grad():
+            out = model(sample)
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(
+            f"input of shape {tuple(sample.shape[1:])} does not fit the model ({msg[:120]}): "
+            "pass data shaped like the model's training data"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2:
+        raise InputError("the model must return (batch, classes) logits: wrap it to do so")
+    batches.n_classes = int(out.shape[1])
+    located = locate_sites(model, layers, sample, unit_dim=unit_dim)
+    specs = apply_directions(located.specs, directions, seed, dtype, device)
+    located.specs = specs
+    runner, why = make_runner(model, located, sample, method)
+    return Setup(
+        model=model,
+        batches=batches,
+        located=located,
+        specs=specs,
+        runner=runner,
+        runner_reason=why,
+        n_units=sum(s.n_units for s in specs),
+        n_classes=int(out.shape[1]),
+        device=device,
+        dtype=dtype,
+        row_bytes=activation_bytes_per_sample(model, sample),
+    )
+
+
+# ---------------------------------------------------------------------------- the plan
+@dataclass
+class FastPath:
+    """A chosen incremental path: its name and the affine chains it uses."""
+
+    name: str
+    chain1: Chain | None
+    tail: Chain
+
+
+def _chain_at(runner: ChainRunner, spec: SiteSpec, k: int) -> Chain | None:
+    return parse_chain(runner.ops, runner.site_pos[k], len(spec.shape) + 1, spec.basis)
+
+
+def fast_path(st: Setup, n_levels: int | None) -> FastPath | str:
+    """The incremental path for the curves, or the reason there is none."""
+    runner = st.runner
+    if not isinstance(runner, ChainRunner):
+        return f"the graph after the first site is not a chain of ops ({st.runner_reason})"
+    if len(st.specs) > 2:
+        return "more than two sites: the walk covers one or two"
+    if any(s.unit_dim != 1 for s in st.specs):
+        return "a site's unit axis is not dim 1 (tokens or positions first)"
+    last = len(st.specs) - 1
+    tail = _chain_at(runner, st.specs[last], last)
+    if tail is None or tail.end != len(runner.ops):
+        return "the ops after the last site are not one affine layer to the logits"
+    if len(st.specs) == 1:
+        return FastPath("cumsum", None, tail)
+    chain1 = _chain_at(runner, st.specs[0], 0)
+    if chain1 is None or chain1.end > runner.site_pos[1]:
+        return "the ops after the first site are not one affine layer before the second"
+    mid = runner.ops[chain1.end : runner.site_pos[1] + 1]
+    if any(op.kind not in ("relu", "pass") for op in mid):
+        return "the second site is not a ReLU of the first site's affine layer"
+    s2 = st.specs[1]
+    if s2.basis is not None and s2.n_units != s2.width:
+        return "the second site has fewer directions than units (walk needs a full basis)"
+    linear = (
+        chain1.is_linear
+        and len(mid) == 1
+        and mid[0].kind == "relu"
+        and len(s2.shape) == 1
+        and s2.basis is None
+    )
+    if n_levels is not None and walk_cost(st, chain1) > n_levels * stacked_cost(st, chain1):
+        return "few levels: stacking the masks does less work than walking every event"
+    return FastPath("walk-linear" if linear else "walk", chain1, tail)
+
+
+def _layer_macs(layer: nn.Module, out_numel: int) -> int:
+    """Multiply-adds per sample of a Linear / conv layer producing ``out_numel`` values."""
+    w = layer.weight
+    assert isinstance(w, torch.Tensor)
+    return int(out_numel * (w.numel() // w.shape[0]))
+
+
+def walk_cost(st: Setup, chain1: Chain) -> float:
+    """Rough per-sample, per-ordering work of the two-site walk (element operations)."""
+    s1, s2 = st.specs
+    pre = s2.n_units * int(np.prod(s2.shape[1:]))
+    per_unit_update = pre * (1 if chain1.is_linear else 9)
+    return (s1.n_units + 1) * (4 * pre + 2 * s2.n_units * st.n_classes + per_unit_update)
+
+
+def stacked_cost(st: Setup, chain1: Chain) -> float:
+    """Rough per-sample work of one stacked mask through the suffix (element operations)."""
+    s2 = st.specs[1]
+    pre = s2.n_units * int(np.prod(s2.shape[1:]))
+    return 2 * _layer_macs(chain1.layer, pre) + 4 * pre + 2 * s2.n_units * st.n_classes
+
+
+def plan_curves(st: Setup, n_levels: int | None, method: str) -> tuple[Plan, FastPath | None]:
+    """The plan of the curves (and the fast path's chains when there is one)."""
+    if method != "auto":
+        found: FastPath | str = f"method {method!r} asked for"
+    else:
+        found = fast_path(st, n_levels)
+    path = found.name if isinstance(found, FastPath) else "stacked"
+    reason = (
+        {
+            "cumsum": "one site with an affine tail: cumulative sum of unit contributions",
+            "walk": "two sites linked by an affine layer: incremental walk",
+            "walk-linear": "two sites, Linear then ReLU: incremental walk over kept units",
+        }[path]
+        if isinstance(found, FastPath)
+        else f"stacked masks ({found})"
+    )
+    plan = Plan(
+        runner=st.runner.kind,
+        path=path,
+        sites=tuple(st.sites),
+        unit_dims=tuple(s.unit_dim for s in st.specs),
+        n_units=tuple(s.n_units for s in st.specs),
+        runner_reason=st.runner_reason,
+        path_reason=reason,
+    )
+    return plan, found if isinstance(found, FastPath) else None
