@@ -11,7 +11,7 @@ from typing import Any
 import polars as pl
 import torch
 
-from singledir.checkpoint import read_checkpoint_dict
+from singledir.checkpoint import CheckpointMeta, read_checkpoint_dict
 from singledir.errors import CheckpointError, ConfigError
 from singledir.io import atomic_write, read_table
 from singledir.train_config import METRIC_COLUMNS, TrainConfig, comparable
@@ -50,17 +50,12 @@ def metrics_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
 def run_meta(
     cfg: TrainConfig, train_data: Any, epoch: int, metrics: dict[str, Any], **extra: Any
 ) -> dict[str, Any]:
-    """Checkpoint metadata: how the data was drawn, the epoch, its metrics, the config."""
+    """Checkpoint metadata: how the data was drawn (the typed :class:`CheckpointMeta` every
+    reader uses), the epoch, its metrics, the config."""
+    data_meta = CheckpointMeta.from_dict({**cfg.to_dict(), "epoch": epoch})
     return {
-        "dataset": cfg.dataset,
-        "corrupt": cfg.corrupt,
-        "corrupt_seed": cfg.corrupt_seed,
-        "seed": cfg.seed,
-        "data_seed": cfg.data_seed,
-        "train_size": cfg.train_size,
-        "test_size": cfg.test_size,
+        **data_meta.to_dict(),
         "num_train": len(train_data),
-        "val_fraction": cfg.val_fraction,
         "selectivity_reg": cfg.selectivity_reg,
         "changed_fraction": float((train_data.y != train_data.true_y).float().mean()),
         "epoch": epoch,

@@ -41,16 +41,11 @@ def unit_table(model: Any, data: Any, timer: PhaseTimer, layers: str = "all") ->
     """Per-unit statistics (selectivity, preferred class, mutual information, ...) of every
     site on ``data``: one row per (layer, unit)."""
     from singledir.activations import record_activation_arrays
-    from singledir.stats import unit_stats
+    from singledir.unit_scores import unit_stats_table
 
     with timer.phase("statistics"):
         arrays, labels = quiet_call(record_activation_arrays, model, data, layers)
-        num_classes = getattr(data, "num_classes", None)
-        frames = [
-            unit_stats(acts, labels, layer=site, num_classes=num_classes)
-            for site, acts in arrays.items()
-        ]
-    return pl.concat(frames, how="diagonal_relaxed")
+        return unit_stats_table(arrays, labels, getattr(data, "num_classes", None))
 
 
 def analysis_params(s: Settings, **extra: Any) -> dict[str, Any]:

@@ -340,33 +340,23 @@ def _train_config_obj(cls: Any, d: dict[str, Any]) -> Any:
 def training_data(train_cfg: dict[str, Any], max_samples: int | None = None) -> Any:
     """The training split exactly as the run's net saw it (subset and corrupted labels),
     cut to a fixed random ``max_samples`` of it when it is larger."""
-    from singledir.data import load_dataset
+    from singledir.checkpoint import CheckpointMeta
+    from singledir.evaluation import load_split
 
-    data = load_dataset(
-        train_cfg["dataset"],
-        "train",
-        data_dir=train_cfg.get("data_dir"),
-        train_size=train_cfg.get("train_size"),
-        seed=int(train_cfg.get("data_seed", 0)),
-        corrupt=float(train_cfg.get("corrupt", 0.0)),
-        corrupt_seed=int(train_cfg.get("corrupt_seed", 0)),
-    )
-    return _cut(data, max_samples, seed=int(train_cfg.get("data_seed", 0)))
+    meta = CheckpointMeta.from_dict(train_cfg)
+    data = load_split(meta, "train", data_dir=meta.data_dir)
+    return _cut(data, max_samples, seed=meta.data_seed)
 
 
 def eval_data(train_cfg: dict[str, Any], max_samples: int | None = None) -> Any:
     """The run's test split (never corrupted; the subset its training evaluated on), cut to
     ``max_samples``."""
-    from singledir.data import load_dataset
+    from singledir.checkpoint import CheckpointMeta
+    from singledir.evaluation import load_split
 
-    data = load_dataset(
-        train_cfg["dataset"],
-        "test",
-        data_dir=train_cfg.get("data_dir"),
-        test_size=train_cfg.get("test_size"),
-        seed=int(train_cfg.get("data_seed", 0)),
-    )
-    return _cut(data, max_samples, seed=int(train_cfg.get("data_seed", 0)))
+    meta = CheckpointMeta.from_dict(train_cfg)
+    data = load_split(meta, "test", data_dir=meta.data_dir)
+    return _cut(data, max_samples, seed=meta.data_seed)
 
 
 def _cut(data: Any, max_samples: int | None, seed: int) -> Any:

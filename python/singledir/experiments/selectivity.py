@@ -31,6 +31,7 @@ from singledir.experiments.runner import (
 from singledir.experiments.settings import Settings
 from singledir.io import write_table
 from singledir.report import Claim, Section, fmt, verdict_of
+from singledir.unit_scores import join_unit_scores
 
 NAME = "selectivity"
 TITLE = "Class selectivity does not predict unit importance (Fig. 7)"
@@ -61,8 +62,7 @@ def run(spec: dict[str, Any], run_dir: Path, timer: PhaseTimer) -> dict[str, Any
     with timer.phase("ablation"):
         importance = quiet_call(unit_importance, model, data, "all")
     stats = unit_table(model, data, timer)
-    keep = [c for c in importance.columns if c not in stats.columns or c in ("layer", "unit")]
-    units = stats.join(importance.select(keep), on=["layer", "unit"], how="inner")
+    units = join_unit_scores(stats, importance)
     write_run_table(units, run_dir, "units.parquet")
     return {"units": units.height, **final_metrics(result)}
 
