@@ -19,7 +19,32 @@ def as_double(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).double().eval()
 
 
+def hookable(model: nn.Module, sites: Sequence[str]) -> nn.Module:
+    """``model`` itself when every site is a module; else a traced copy in which each
+    graph-node site (an fx node name such as ``relu_1``) is followed by an ``nn.Identity``
+    module of that name, so that a forward hook can edit its output."""
+    modules = dict(model.named_modules())
+    if all(s in modules and s for s in sites):
+        return model
+    from torch import fx
+
+    gm = fx.symbolic_trace(model)
+    by_name = {n.name: n for n in gm.graph.nodes}
+    for s in sites:
+        if s in modules and s:
+            continue
+        node = by_name[s]
+        gm.add_submodule(s, nn.Identity())
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(s, (node,))
+        node.replace_all_uses_with(new, delete_user_cb=lambda u, new=new: u is not new)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
 def _hooked_forward(model: nn.Module, x: torch.Tensor, edits: dict[str, object]) -> torch.Tensor:
+    model = hookable(model, list(edits))
     modules = dict(model.named_modules())
     handles = []
     try:
@@ -32,12 +57,28 @@ def _hooked_forward(model: nn.Module, x: torch.Tensor, edits: dict[str, object])
             h.remove()
 
 
-def site_shapes(model: nn.Module, sites: Sequence[str], x: torch.Tensor) -> list[int]:
-    """Units (dim 1) of each site's output."""
+def _dim(unit_dims: Sequence[int] | None, k: int) -> int:
+    return 1 if unit_dims is None else int(unit_dims[k])
+
+
+def site_shapes(
+    model: nn.Module,
+    sites: Sequence[str],
+    x: torch.Tensor,
+    unit_dims: Sequence[int] | None = None,
+    bases: Sequence[torch.Tensor | None] | None = None,
+) -> list[int]:
+    """Units (on each site's unit axis; the basis rows when given) of each site's output."""
     sizes: dict[str, int] = {}
-    edits = {s: (lambda o, s=s: (sizes.__setitem__(s, o.shape[1]), o)[1]) for s in sites}
+    edits = {
+        s: (lambda o, s=s, k=k: (sizes.__setitem__(s, o.shape[_dim(unit_dims, k)]), o)[1])
+        for k, s in enumerate(sites)
+    }
     _hooked_forward(model, x[:1], edits)
-    return [sizes[s] for s in sites]
+    out = [sizes[s] for s in sites]
+    if bases is not None:
+        out = [n if b is None else int(b.shape[0]) for n, b in zip(out, bases, strict=True)]
+    return out
 
 
 def masked_logits(
@@ -46,21 +87,33 @@ def masked_logits(
     sites: Sequence[str],
     ablated: np.ndarray,
     fills: Sequence[np.ndarray] | None = None,
+    unit_dims: Sequence[int] | None = None,
+    bases: Sequence[torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
-    """Logits with the pooled units where ``ablated`` is True replaced (zero or fill)."""
-    sizes = site_shapes(model64, sites, x.double())
+    """Logits with the pooled units where ``ablated`` is True replaced (zero or fill) at
+    every position of their unit axis; with ``bases[k]`` ``(d, C)`` (orthonormal rows), the
+    pooled index of site k runs over its directions and ablating direction v sets
+    ``h <- h - (h.v - fill) v`` by an explicit loop over the ablated directions."""
+    sizes = site_shapes(model64, sites, x.double(), unit_dims, bases)
     edits = {}
     off = 0
     for k, s in enumerate(sites):
         sel = torch.as_tensor(ablated[off : off + sizes[k]])
         fill = None if fills is None else torch.as_tensor(fills[k], dtype=torch.float64)
+        dim = _dim(unit_dims, k)
+        basis = None if bases is None or bases[k] is None else bases[k].double()
 
-        def edit(o: torch.Tensor, sel=sel, fill=fill) -> torch.Tensor:
-            o = o.clone()
+        def edit(o: torch.Tensor, sel=sel, fill=fill, dim=dim, basis=basis) -> torch.Tensor:
+            o = o.movedim(dim, -1).clone()  # units last: (..., C)
             idx = torch.nonzero(sel).view(-1)
-            if idx.numel():
-                o[:, idx] = 0.0 if fill is None else fill[idx].view(1, -1, *([1] * (o.ndim - 2)))
-            return o
+            for u in idx.tolist():
+                target = 0.0 if fill is None else float(fill[u])
+                if basis is None:
+                    o[..., u] = target
+                else:
+                    v = basis[u]
+                    o = o - ((o @ v) - target).unsqueeze(-1) * v
+            return o.movedim(-1, dim)
 
         edits[s] = edit
         off += sizes[k]
@@ -84,6 +137,8 @@ def naive_curves(
     orders: np.ndarray,
     levels: Sequence[int],
     fills: Sequence[np.ndarray] | None = None,
+    unit_dims: Sequence[int] | None = None,
+    bases: Sequence[torch.Tensor | None] | None = None,
 ) -> list[tuple[int, int, int, float, int]]:
     """Rows (ordering, level, correct, loss, borderline) by one hooked pass per mask."""
     m64 = as_double(model)
@@ -93,7 +148,8 @@ def naive_curves(
         for lv in levels:
             ablated = np.zeros(n, dtype=bool)
             ablated[orders[o, :lv]] = True
-            c, loss, b = summarize(masked_logits(m64, x, sites, ablated, fills), y)
+            lg = masked_logits(m64, x, sites, ablated, fills, unit_dims, bases)
+            c, loss, b = summarize(lg, y)
             rows.append((o, int(lv), c, loss, b))
     return rows
 
@@ -105,17 +161,19 @@ def naive_importance(
     site: str,
     fills: Sequence[np.ndarray] | None = None,
     units: Sequence[int] | None = None,
+    unit_dim: int = 1,
+    basis: torch.Tensor | None = None,
 ) -> list[tuple[int, float, int, np.ndarray]]:
     """Per unit of ``site`` (or of ``units``): (correct, loss, borderline, per-class
     correct)."""
     m64 = as_double(model)
-    n = site_shapes(m64, [site], x.double())[0]
+    n = site_shapes(m64, [site], x.double(), [unit_dim], [basis])[0]
     n_cls = int(m64(x[:1].double()).shape[1])
     out = []
     for u in range(n) if units is None else units:
         ablated = np.zeros(n, dtype=bool)
         ablated[u] = True
-        lg = masked_logits(m64, x, [site], ablated, fills)
+        lg = masked_logits(m64, x, [site], ablated, fills, [unit_dim], [basis])
         c, loss, b = summarize(lg, y)
         hit = (lg.argmax(1) == y).long()
         per = torch.zeros(n_cls, dtype=torch.long).index_add_(0, y, hit).numpy()
@@ -131,33 +189,46 @@ def naive_noise(
     scale: float,
     sigmas: Sequence[torch.Tensor],
     noise: Sequence[torch.Tensor],
+    unit_dims: Sequence[int] | None = None,
 ) -> tuple[int, float, int]:
-    """Accuracy with ``scale * sigma_u * noise`` added to every unit (noise given)."""
+    """Accuracy with ``scale * sigma_u * noise`` added to every unit (noise given, in the
+    site's own layout; sigma along its unit axis)."""
     m64 = as_double(model)
     edits = {}
     for k, s in enumerate(sites):
         sig = sigmas[k].double()
         z = noise[k].double()
+        dim = _dim(unit_dims, k)
 
-        def edit(o: torch.Tensor, sig=sig, z=z) -> torch.Tensor:
-            return o + scale * sig.view(1, -1, *([1] * (o.ndim - 2))) * z
+        def edit(o: torch.Tensor, sig=sig, z=z, dim=dim) -> torch.Tensor:
+            shape = [1] * o.ndim
+            shape[dim] = -1
+            return o + scale * sig.view(shape) * z
 
         edits[s] = edit
     return summarize(_hooked_forward(m64, x.double(), edits), y)
 
 
 def naive_moments(
-    model: nn.Module, x: torch.Tensor, sites: Sequence[str]
+    model: nn.Module,
+    x: torch.Tensor,
+    sites: Sequence[str],
+    unit_dims: Sequence[int] | None = None,
+    bases: Sequence[torch.Tensor | None] | None = None,
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per-site unit means and (population) standard deviations over samples and spatial
-    positions, from one float64 pass that keeps every activation."""
+    """Per-site unit (direction coordinate) means and (population) standard deviations over
+    samples and positions, from one float64 pass that keeps every activation."""
     m64 = as_double(model)
     acts: dict[str, torch.Tensor] = {}
     edits = {s: (lambda o, s=s: (acts.__setitem__(s, o.detach().clone()), o)[1]) for s in sites}
     _hooked_forward(m64, x.double(), edits)
     means, stds = [], []
-    for s in sites:
-        a = acts[s].transpose(0, 1).reshape(acts[s].shape[1], -1)
+    for k, s in enumerate(sites):
+        a = acts[s].movedim(_dim(unit_dims, k), -1)
+        a = a.reshape(-1, a.shape[-1])
+        if bases is not None and bases[k] is not None:
+            a = a @ bases[k].double().t()
+        a = a.t()
         means.append(a.mean(1).numpy())
         stds.append(a.std(1, unbiased=False).numpy())
     return means, stds

@@ -63,6 +63,8 @@ _EXPORTS: dict[str, str] = {
     "noise_curves": "singledir.noise",
     "noise_auc": "singledir.noise",
     "resolve_sites": "singledir.sites",
+    "list_sites": "singledir.sites",
+    "ablation_plan": "singledir.ablation",
     "record_activations": "singledir.activations",
     "record_activation_arrays": "singledir.activations",
     # --- experiments and reports ---
@@ -118,6 +120,8 @@ __all__ = [
     "noise_curves",
     "noise_auc",
     "resolve_sites",
+    "list_sites",
+    "ablation_plan",
     "record_activations",
     "record_activation_arrays",
     "run_experiment",
@@ -144,7 +148,13 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # static checkers and IDEs see the real names
-    from singledir.ablation import ablation_auc, ablation_curves, summarize_curves, unit_importance
+    from singledir.ablation import (
+        ablation_auc,
+        ablation_curves,
+        ablation_plan,
+        summarize_curves,
+        unit_importance,
+    )
     from singledir.activations import record_activation_arrays, record_activations
     from singledir.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
     from singledir.data import DATASET_NAMES, ImageFolderData, LabeledData, load_dataset
@@ -156,7 +166,7 @@ if TYPE_CHECKING:  # static checkers and IDEs see the real names
     from singledir.noise import noise_auc, noise_curves
     from singledir.regularizers import SelectivityRegularizer
     from singledir.report import Claim, Section, write_report
-    from singledir.sites import resolve_sites
+    from singledir.sites import list_sites, resolve_sites
     from singledir.stats import (
         class_selectivity,
         curve_auc,

@@ -1,0 +1,495 @@
+"""The engine on models as users write them: the plan comes from the fx graph, so the same
+weights written four ways take the same path and give identical numbers; sequence models
+ablate features (the last axis), not tokens; conv nets of any dimension; untraceable models
+fall back to hooks. Every number is checked against the naive float64 hook-per-mask
+reference (tests/reference.py), extended to graph-node sites and any unit axis."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+import reference as ref
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from singledir import list_sites, noise_curves, record_activation_arrays, unit_importance
+from singledir.ablation import ablation_curves, ablation_levels, ablation_plan, unit_orderings
+from singledir.engine.plan import setup
+from singledir.engine.scoring import seed_for
+from singledir.errors import InputError, SiteError
+from singledir.sites import resolve_sites, site_specs
+from test_ablation_engine import _centered, _data, _random_bn
+from torch import nn
+
+torch.set_num_threads(1)
+
+
+# ----------------------------------------------------------------- one MLP, four writings
+class _Modules(nn.Module):
+    def __init__(self, seq: nn.Sequential) -> None:
+        super().__init__()
+        self.fc1, self.act1, self.fc2, self.act2, self.head = (seq[i] for i in range(5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.act2(self.fc2(self.act1(self.fc1(x)))))
+
+
+class _Functional(nn.Module):
+    def __init__(self, seq: nn.Sequential) -> None:
+        super().__init__()
+        self.fc1, self.fc2, self.head = seq[0], seq[2], seq[4]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.fc1(x))
+        h = F.relu(self.fc2(h))
+        return self.head(h)
+
+
+class _Block(nn.Module):
+    def __init__(self, fc: nn.Linear) -> None:
+        super().__init__()
+        self.fc = fc
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.fc(x))
+
+
+class _Nested(nn.Module):
+    def __init__(self, seq: nn.Sequential) -> None:
+        super().__init__()
+        self.body = nn.ModuleDict({"one": _Block(seq[0]), "two": _Block(seq[2])})
+        self.head = nn.Sequential(nn.Dropout(0.3), seq[4])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body["two"](self.body["one"](x)))
+
+
+def _four_mlps() -> list[tuple[nn.Module, list[str]]]:
+    torch.manual_seed(0)
+    seq = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 4))
+    seq = _centered(_random_bn(seq), (12,))
+    return [
+        (seq, ["1", "3"]),
+        (_Modules(seq).eval(), ["act1", "act2"]),
+        (_Functional(seq).eval(), ["relu", "relu_1"]),
+        (_Nested(seq).eval(), ["body.one.act", "body.two.act"]),
+    ]
+
+
+@pytest.mark.parametrize("layers", ["all", "last1"])
+@pytest.mark.parametrize("value", ["zero", "mean"])
+def test_four_writings_same_plan_same_numbers(layers: str, value: str) -> None:
+    x, _ = _data((12,), n=48, classes=4)
+    models = _four_mlps()
+    with torch.no_grad():
+        y = models[0][0](x).argmax(1)
+    plans, curves, importance, records = [], [], [], []
+    for model, names in models:
+        assert resolve_sites(model, "all", sample_x=x[:2]) == names
+        plans.append(ablation_plan(model, (x, y), layers))
+        curves.append(
+            ablation_curves(model, (x, y), layers, orderings=2, value=value, progress=False)
+        )
+        importance.append(unit_importance(model, (x, y), layers, value=value, progress=False))
+        records.append(
+            list(record_activation_arrays(model, (x, y), layers, progress=False)[0].values())
+        )
+    want_path = "walk-linear" if layers == "all" else "cumsum"
+    for plan in plans:
+        assert (plan.runner, plan.path) == ("chain", want_path), plan
+        assert plan.unit_dims == plans[0].unit_dims and plan.n_units == plans[0].n_units
+    for other in curves[1:]:
+        assert other.equals(curves[0])
+    for other in importance[1:]:
+        assert other.drop("layer").equals(importance[0].drop("layer"))
+    for other in records[1:]:
+        for a, b in zip(other, records[0], strict=True):
+            np.testing.assert_array_equal(a, b)
+    # and the shared numbers are right: the functional writing (node sites) vs the reference
+    model, names = models[2]
+    sites = names if layers == "all" else names[-1:]
+    n = sum(site_specs(model, sites, x[:2])[k].n_units for k in range(len(sites)))
+    orders = unit_orderings(n, orderings=2).numpy()
+    fills = ref.naive_moments(model, x, sites)[0] if value == "mean" else None
+    rows = ref.naive_curves(model, x, y, sites, orders, list(range(n + 1)), fills)
+    _assert_rows(curves[2], rows, len(y))
+
+
+def _assert_rows(df: pl.DataFrame, rows: list, n: int) -> None:
+    got = np.rint(df["accuracy"].to_numpy() * n).astype(int)
+    want = np.array([r[2] for r in rows])
+    border = np.array([r[4] for r in rows])
+    assert np.all(np.abs(got - want) <= border), (got - want, border)
+    assert np.mean(border == 0) >= 0.8
+    np.testing.assert_allclose(df["loss"].to_numpy(), [r[3] for r in rows], rtol=1e-5, atol=1e-5)
+    assert len(set(want.tolist())) > 1  # the curve moves: a meaningful comparison
+
+
+def _check_curves(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers,
+    *,
+    levels="all",
+    orderings: int = 2,
+    value: str = "zero",
+    directions="units",
+    method: str = "auto",
+    unit_dim=None,
+) -> tuple[pl.DataFrame, object]:
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    kw = dict(directions=directions, unit_dim=unit_dim, method=method)
+    df = ablation_curves(
+        model, (x, y), layers, orderings=orderings, levels=levels, value=value, progress=False, **kw
+    )
+    plan = ablation_plan(model, (x, y), layers, levels=levels, **kw)
+    engine = setup(
+        model,
+        (x, y),
+        layers,
+        None,
+        torch.device("cpu"),
+        torch.float32,
+        unit_dim=unit_dim,
+        directions=directions,
+    )
+    sites = engine.sites
+    dims = [s.unit_dim for s in engine.specs]
+    bases = [s.basis for s in engine.specs]
+    lv = ablation_levels(levels, engine.n_units)
+    orders = unit_orderings(engine.n_units, orderings=orderings).numpy()
+    fills = ref.naive_moments(model, x, sites, dims, bases)[0] if value == "mean" else None
+    rows = ref.naive_curves(model, x, y, sites, orders, list(lv), fills, dims, bases)
+    _assert_rows(df, rows, len(y))
+    return df, plan
+
+
+# ---------------------------------------------------------------- sequence (N, T, C) model
+class _Tiny(nn.Module):
+    """Transformer-style: residual blocks x + W2 gelu(W1 LN(x)) over (N, T, C), a token
+    mixing step (mean over tokens added back), a final LayerNorm, mean pooling, a head."""
+
+    def __init__(self, d_in: int = 5, width: int = 6, hidden: int = 7, classes: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Linear(d_in, width)
+        self.blocks = nn.ModuleList()
+        for _ in range(2):
+            self.blocks.append(
+                nn.ModuleDict(
+                    {
+                        "ln": nn.LayerNorm(width),
+                        "fc1": nn.Linear(width, hidden),
+                        "fc2": nn.Linear(hidden, width),
+                    }
+                )
+            )
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for block in self.blocks:
+            h = h + h.mean(dim=1, keepdim=True)
+            h = h + block["fc2"](F.gelu(block["fc1"](block["ln"](h))))
+        return self.head(self.norm(h).mean(dim=1))
+
+
+def _tiny() -> nn.Module:
+    torch.manual_seed(2)
+    model = _Tiny()
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            m.weight.data.mul_(2.0)
+    return _centered(model.eval(), (9, 5))
+
+
+def test_sequence_model_ablates_features_not_tokens() -> None:
+    model = _tiny()
+    x, _ = _data((9, 5), n=30, classes=4)
+    specs = site_specs(model, resolve_sites(model, "all", sample_x=x[:2]), x[:2])
+    assert [(s.name, s.kind, s.unit_dim, s.n_units, s.shape) for s in specs] == [
+        ("gelu", "function", 2, 7, (9, 7)),
+        ("gelu_1", "function", 2, 7, (9, 7)),
+    ]
+    for layers in ("all", "gelu_1"):
+        df, plan = _check_curves(model, x, layers)
+        assert plan.unit_dims == ((2, 2) if layers == "all" else (2,))
+        assert plan.path == "stacked"
+    _check_curves(model, x, "gelu", value="mean", orderings=1)
+    # the recorded activity of a feature is its mean over tokens
+    arrays, _ = record_activation_arrays(
+        model, (x, torch.zeros(30, dtype=torch.long)), "gelu", progress=False
+    )
+    with torch.no_grad():
+        h = model.embed(x)
+        h = h + h.mean(dim=1, keepdim=True)
+        b = model.blocks[0]
+        want = F.gelu(b["fc1"](b["ln"](h))).mean(dim=1)
+    np.testing.assert_allclose(arrays["gelu"], want.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_sequence_model_importance_and_noise_use_the_feature_axis() -> None:
+    model = _tiny()
+    x, _ = _data((9, 5), n=30, classes=4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    df = unit_importance(model, (x, y), "gelu_1", progress=False)
+    rows = ref.naive_importance(model, x, y, "gelu_1", unit_dim=2)
+    got = np.rint(df["accuracy"].to_numpy() * len(y)).astype(int)
+    assert np.all(np.abs(got - [r[0] for r in rows]) <= [r[2] for r in rows])
+    np.testing.assert_allclose(df["loss"], [r[1] for r in rows], rtol=1e-5, atol=1e-5)
+    scales = (0.0, 1.0, 3.0)
+    noise = noise_curves(model, (x, y), "gelu", scales=scales, repeats=1, seed=4, progress=False)
+    sigmas = [torch.as_tensor(ref.naive_moments(model, x, ["gelu"], [2])[1][0])]
+    z = [torch.randn((30, 9, 7), generator=torch.Generator().manual_seed(seed_for(4, 0)))]
+    for s in scales:
+        c, loss, border = ref.naive_noise(model, x, y, ["gelu"], s, sigmas, z, [2])
+        row = noise.filter(pl.col("scale") == s)
+        assert abs(round(row["accuracy"][0] * 30) - c) <= border
+        assert row["loss"][0] == pytest.approx(loss, rel=1e-4, abs=1e-5)
+
+
+def test_unit_dim_override_and_errors() -> None:
+    model = _tiny()
+    x, _ = _data((9, 5), n=30, classes=4)
+    # tokens as units (an explicit choice): the reference masks dim 1
+    df, plan = _check_curves(model, x, "gelu", unit_dim=1, orderings=1)
+    assert plan.unit_dims == (1,) and plan.n_units == (9,)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    with pytest.raises(InputError, match="unit_dim 3 is out of range"):
+        ablation_curves(model, (x, y), "gelu", unit_dim=3, progress=False)
+    with pytest.raises(SiteError, match="not chosen sites"):
+        ablation_curves(model, (x, y), "gelu", unit_dim={"nope": 1}, progress=False)
+    with pytest.raises(SiteError, match=r"unknown site 'nope': choose from gelu, gelu_1"):
+        ablation_curves(model, (x, y), "nope", progress=False)
+
+    class Opaque(nn.Module):  # a (N, 3, 4) site between ops that do not say its layout
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu(x.view(-1, 3, 4)).flatten(1)[:, :4]
+
+    with pytest.raises(SiteError, match="--unit-dim relu=D"):
+        ablation_curves(
+            Opaque(), (torch.randn(6, 12), torch.zeros(6, dtype=torch.long)), progress=False
+        )
+
+
+def test_list_sites() -> None:
+    model = _tiny()
+    x, y = _data((9, 5), n=4, classes=4)
+    table = list_sites(model, (x, y))
+    assert table.columns == ["name", "kind", "n_units", "unit_dim", "shape"]
+    assert table.rows() == [
+        ("gelu", "function", 7, 2, [9, 7]),
+        ("gelu_1", "function", 7, 2, [9, 7]),
+    ]
+    conv = _conv1d()
+    table = list_sites(conv, _data((2, 11), n=3, classes=3))
+    assert table["name"].to_list() == ["1", "4"]
+    assert table["unit_dim"].to_list() == [1, 1]
+    assert table["n_units"].to_list() == [4, 5]
+
+
+# ------------------------------------------------------------------------------ 1-D conv
+def _conv1d() -> nn.Module:
+    torch.manual_seed(3)
+    model = nn.Sequential(
+        nn.Conv1d(2, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv1d(4, 5, 3, padding=1, stride=2),
+        nn.BatchNorm1d(5),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool1d(1),
+        nn.Flatten(),
+        nn.Linear(5, 3),
+    )
+    return _centered(_random_bn(model), (2, 11))
+
+
+@pytest.mark.parametrize(("layers", "path"), [("all", "walk"), ("4", "cumsum"), ("1", "stacked")])
+def test_conv1d_net(layers: str, path: str) -> None:
+    model = _conv1d()
+    x, _ = _data((2, 11), n=30, classes=3)
+    _, plan = _check_curves(model, x, layers)
+    assert (plan.runner, plan.path) == ("chain", path)
+    _check_curves(model, x, layers, value="mean", orderings=1)
+
+
+# --------------------------------------------------------------------------- untraceable
+class _Untraceable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(6, 9), nn.ReLU(), nn.Linear(9, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.fc1(x))
+        if float(h.sum()) > -1e9:  # data-dependent control flow: fx cannot trace it
+            h = h * 1.0
+        return self.fc2(h)
+
+
+def test_untraceable_model_uses_hooks_with_a_note() -> None:
+    torch.manual_seed(1)
+    model = _centered(_Untraceable(), (6,))
+    x, _ = _data((6,), n=30, classes=3)
+    _, plan = _check_curves(model, x, "act")
+    assert plan.runner == "hooks" and "torch.fx cannot trace" in plan.runner_reason
+    with pytest.raises(SiteError, match="cannot be traced"):
+        ablation_curves(model, (x, x[:, 0].long().clamp(0, 2)), "relu", progress=False)
+
+
+# ---------------------------------------------------------------------------- directions
+def _mlp() -> nn.Module:
+    return _four_mlps()[2][0]
+
+
+@pytest.mark.parametrize("layers", ["all", "relu_1", "relu"])
+def test_explicit_directions_match_projection_reference(layers: str) -> None:
+    model = _mlp()
+    x, _ = _data((12,), n=40, classes=4)
+    g = torch.Generator().manual_seed(5)
+    raw = {"relu": torch.randn(10, 10, generator=g), "relu_1": torch.randn(5, 8, generator=g)}
+    chosen = {k: v for k, v in raw.items() if layers == "all" or k == layers}
+    df, plan = _check_curves(model, x, layers, directions=chosen)
+    # a partial basis at the second site is stacked; one site or site 1 alone walk
+    assert plan.path == {"all": "stacked", "relu_1": "cumsum", "relu": "stacked"}[layers]
+    _check_curves(model, x, layers, directions=chosen, value="mean", orderings=1)
+    full = {"relu": raw["relu"], "relu_1": torch.randn(8, 8, generator=g)}
+    df, plan = _check_curves(model, x, "all", directions=full)
+    assert plan.path == "walk"  # a full basis keeps the walk: rank-1 updates W d
+
+
+def test_directions_importance_matches_reference() -> None:
+    model = _mlp()
+    x, _ = _data((12,), n=40, classes=4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    basis = torch.linalg.qr(torch.randn(10, 10, generator=torch.Generator().manual_seed(6)))[0].t()
+    df = unit_importance(model, (x, y), "relu", directions={"relu": basis[:6]}, progress=False)
+    assert df.height == 6
+    rows = ref.naive_importance(model, x, y, "relu", basis=basis[:6])
+    got = np.rint(df["accuracy"].to_numpy() * len(y)).astype(int)
+    assert np.all(np.abs(got - [r[0] for r in rows]) <= [r[2] for r in rows])
+    np.testing.assert_allclose(df["loss"], [r[1] for r in rows], rtol=1e-5, atol=1e-5)
+
+
+def test_identity_basis_equals_units_and_random_is_seeded() -> None:
+    model = _mlp()
+    x, _ = _data((12,), n=40, classes=4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    kw = dict(orderings=2, progress=False)
+    units = ablation_curves(model, (x, y), **kw)
+    eye = ablation_curves(
+        model, (x, y), directions={"relu": torch.eye(10), "relu_1": torch.eye(8)}, **kw
+    )
+    np.testing.assert_array_equal(units["accuracy"], eye["accuracy"])
+    np.testing.assert_allclose(units["loss"], eye["loss"], rtol=1e-6, atol=1e-7)
+    a = ablation_curves(model, (x, y), directions="random", seed=3, **kw)
+    b = ablation_curves(model, (x, y), directions="random", seed=3, **kw)
+    c = ablation_curves(model, (x, y), directions="random", seed=4, **kw)
+    assert a.equals(b) and not a.equals(c)
+    assert not a["accuracy"].equals(units["accuracy"])
+    _check_curves(model, x, "all", directions="random")
+    imp_units = unit_importance(model, (x, y), "relu", progress=False)
+    imp_eye = unit_importance(
+        model, (x, y), "relu", directions={"relu": np.eye(10)}, progress=False
+    )
+    np.testing.assert_array_equal(imp_units["accuracy"], imp_eye["accuracy"])
+
+
+def test_bad_directions() -> None:
+    model = _mlp()
+    x, _ = _data((12,), n=10, classes=4)
+    y = torch.zeros(10, dtype=torch.long)
+    bad = [
+        ({"relu": torch.ones(2, 10)}, "linearly dependent"),
+        ({"relu": torch.randn(2, 9)}, "width 9 but the site has 10 units"),
+        ({"relu": torch.full((1, 10), float("nan"))}, "NaN or infinity"),
+        ({"nope": torch.randn(1, 10)}, "not chosen sites"),
+        ("pca", "unknown directions"),
+    ]
+    for directions, match in bad:
+        with pytest.raises(InputError, match=match):
+            ablation_curves(model, (x, y), directions=directions, progress=False)
+
+
+# ------------------------------------------------------------- random non-Sequential graphs
+class _RandomGraph(nn.Module):
+    """A conv or dense trunk with optional batch norm, a two-branch block (summed), pooling
+    and activation modules or calls, drawn by hypothesis."""
+
+    def __init__(
+        self, conv: bool, widths: list[int], functional: list[bool], branch: bool, bn: bool
+    ):
+        super().__init__()
+        self.conv, self.functional, self.branch = conv, functional, branch
+        layer = (lambda i, o: nn.Conv2d(i, o, 3, padding=1)) if conv else nn.Linear
+        norm = nn.BatchNorm2d if conv else nn.BatchNorm1d
+        prev = 2 if conv else 5
+        self.layers = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        self.acts = nn.ModuleList()
+        for w in widths:
+            self.layers.append(layer(prev, w))
+            self.norms.append(norm(w) if bn else nn.Identity())
+            self.acts.append(nn.ReLU())
+            prev = w
+        self.side = layer(prev, prev) if branch else None
+        self.head = nn.Linear(prev, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for k, (lin, norm, act) in enumerate(zip(self.layers, self.norms, self.acts, strict=True)):
+            h = norm(lin(h))
+            h = torch.relu(h) if self.functional[k] else act(h)
+        if self.side is not None:
+            h = h + F.gelu(self.side(h))
+        if self.conv:
+            h = F.adaptive_avg_pool2d(h, 1).flatten(1)
+        return self.head(h)
+
+
+@st.composite
+def _graphs(draw: st.DrawFn) -> tuple[nn.Module, tuple[int, ...], list[str]]:
+    conv = draw(st.booleans())
+    n = draw(st.integers(1, 3))
+    widths = [draw(st.integers(1, 5)) for _ in range(n)]
+    functional = [draw(st.booleans()) for _ in range(n)]
+    model = _RandomGraph(conv, widths, functional, draw(st.booleans()), draw(st.booleans()))
+    torch.manual_seed(draw(st.integers(0, 1000)))
+    shape = (2, 4, 4) if conv else (5,)
+    for m in model.modules():
+        if isinstance(m, nn.Linear | nn.Conv2d):
+            m.reset_parameters()
+    model = _centered(_random_bn(model), shape)
+    names = resolve_sites(model, "all")
+    chosen = draw(st.lists(st.sampled_from(names), min_size=1, max_size=3, unique=True))
+    return model, shape, chosen
+
+
+@settings(max_examples=10, deadline=None)
+@given(arch=_graphs(), value=st.sampled_from(["zero", "mean"]))
+def test_property_random_graphs_match_reference(arch, value: str) -> None:
+    model, shape, sites = arch
+    x, _ = _data(shape, n=24, classes=3)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    df = ablation_curves(model, (x, y), sites, orderings=1, value=value, progress=False)
+    ordered = resolve_sites(model, sites, sample_x=x[:2])
+    n = sum(s.n_units for s in site_specs(model, ordered, x[:2]))
+    orders = unit_orderings(n, orderings=1).numpy()
+    fills = ref.naive_moments(model, x, ordered)[0] if value == "mean" else None
+    rows = ref.naive_curves(model, x, y, ordered, orders, list(range(n + 1)), fills)
+    got = np.rint(df["accuracy"].to_numpy() * 24).astype(int)
+    assert np.all(np.abs(got - [r[2] for r in rows]) <= [r[4] for r in rows])
+    np.testing.assert_allclose(df["loss"], [r[3] for r in rows], rtol=1e-5, atol=1e-5)
+    imp = unit_importance(model, (x, y), ordered[-1:], value=value, progress=False)
+    fills1 = None if fills is None else fills[-1:]
+    rows_i = ref.naive_importance(model, x, y, ordered[-1], fills=fills1)
+    got_i = np.rint(imp["accuracy"].to_numpy() * 24).astype(int)
+    assert np.all(np.abs(got_i - [r[0] for r in rows_i]) <= [r[2] for r in rows_i])
