@@ -47,6 +47,7 @@ __all__ = [
     "locate_sites",
     "default_sites",
     "list_sites",
+    "parse_unit_dim",
     "site_specs",
     "site_units",
     "site_hooks",
@@ -316,6 +317,25 @@ def _observe(
         for h in handles:
             h.remove()
     return outs, trails
+
+
+def parse_unit_dim(text: str | None) -> UnitDim:
+    """A command-line ``--unit-dim``: ``D`` (every site) or ``site=D,site=D``."""
+    if text is None or not text.strip():
+        return None
+    text = text.strip()
+    try:
+        if "=" not in text:
+            return int(text)
+        out: dict[str, int] = {}
+        for part in text.split(","):
+            name, _, dim = part.partition("=")
+            out[name.strip()] = int(dim)
+        return out
+    except ValueError:
+        raise InputError(
+            f"--unit-dim {text!r}: pass an integer (e.g. 2) or site=dim pairs (e.g. gelu=2,fc=1)"
+        ) from None
 
 
 def _wanted_unit_dim(unit_dim: UnitDim, name: str) -> int | None:

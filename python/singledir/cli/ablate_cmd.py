@@ -15,6 +15,7 @@ from singledir.cli.options import (
     DataDirOpt,
     DatasetOpt,
     DeviceOpt,
+    DirectionsOpt,
     LayersOpt,
     MemoryBudgetOpt,
     NoPlotOpt,
@@ -27,6 +28,7 @@ from singledir.cli.options import (
     SplitOpt,
     TestSizeOpt,
     TrainSizeOpt,
+    UnitDimOpt,
     Value,
     ValueOpt,
     bounded_int,
@@ -80,6 +82,8 @@ def ablate(
     data_dir: DataDirOpt = None,
     train_size: TrainSizeOpt = None,
     test_size: TestSizeOpt = None,
+    unit_dim: UnitDimOpt = None,
+    directions: DirectionsOpt = "units",
     quiet: QuietOpt = False,
 ) -> None:
     """Cumulative ablation curves: accuracy and loss as more and more units are zeroed.
@@ -119,7 +123,17 @@ def ablate(
         test_size=test_size,
         device=device,
     )
-    sites, units = site_units_of(model, data, layers)
+    from singledir.sites import parse_unit_dim
+
+    unit_axes = parse_unit_dim(unit_dim)
+    sites, units = site_units_of(model, data, layers, unit_dim=unit_axes)
+    from singledir.engine.directions import load_directions
+
+    chosen_directions = load_directions(directions, sites)
+    if isinstance(chosen_directions, dict):  # counts are the directions of those sites
+        units = {
+            s: len(chosen_directions[s]) if s in chosen_directions else n for s, n in units.items()
+        }
     total = sum(units.values())
     ablation_levels(level_arg, total)  # a bad --levels fails before any scoring work
     if level_arg != "all":
@@ -149,6 +163,8 @@ def ablate(
         batch_size=batch_size,
         device=device,
         memory_budget_mb=memory_budget_mb,
+        unit_dim=unit_axes,
+        directions=chosen_directions,
         progress=not quiet,
     )
     auc_rows = ablation_auc(curves, per_ordering=True)

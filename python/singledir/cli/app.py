@@ -13,6 +13,7 @@ from singledir.cli import (
     noise_cmd,
     record_cmd,
     reproduce_cmd,
+    sites_cmd,
     stats_cmd,
     train_cmd,
 )
@@ -42,6 +43,7 @@ app.command("stats")(stats_cmd.stats)
 app.command("ablate")(ablate_cmd.ablate)
 app.command("noise")(noise_cmd.noise)
 app.command("importance")(importance_cmd.importance)
+app.command("sites")(sites_cmd.sites)
 app.command("reproduce")(reproduce_cmd.reproduce)
 
 

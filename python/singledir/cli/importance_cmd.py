@@ -15,6 +15,7 @@ from singledir.cli.options import (
     DataDirOpt,
     DatasetOpt,
     DeviceOpt,
+    DirectionsOpt,
     LayersOpt,
     MemoryBudgetOpt,
     NumClassesOpt,
@@ -23,6 +24,7 @@ from singledir.cli.options import (
     SplitOpt,
     TestSizeOpt,
     TrainSizeOpt,
+    UnitDimOpt,
     Value,
     ValueOpt,
     bounded_int,
@@ -64,6 +66,8 @@ def importance(
     data_dir: DataDirOpt = None,
     train_size: TrainSizeOpt = None,
     test_size: TestSizeOpt = None,
+    unit_dim: UnitDimOpt = None,
+    directions: DirectionsOpt = "units",
     quiet: QuietOpt = False,
 ) -> None:
     """Single-unit importance: the drop in accuracy and rise in loss when one unit alone is
@@ -89,7 +93,17 @@ def importance(
         test_size=test_size,
         device=device,
     )
-    sites, units = site_units_of(model, data, layers)
+    from singledir.sites import parse_unit_dim
+
+    unit_axes = parse_unit_dim(unit_dim)
+    sites, units = site_units_of(model, data, layers, unit_dim=unit_axes)
+    from singledir.engine.directions import load_directions
+
+    chosen_directions = load_directions(directions, sites)
+    if isinstance(chosen_directions, dict):  # counts are the directions of those sites
+        units = {
+            s: len(chosen_directions[s]) if s in chosen_directions else n for s, n in units.items()
+        }
     table = unit_importance(
         model,
         data,
@@ -98,6 +112,8 @@ def importance(
         batch_size=batch_size,
         device=device,
         memory_budget_mb=memory_budget_mb,
+        unit_dim=unit_axes,
+        directions=chosen_directions,
         progress=not quiet,
     )
     scatter = None

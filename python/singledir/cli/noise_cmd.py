@@ -27,6 +27,7 @@ from singledir.cli.options import (
     SplitOpt,
     TestSizeOpt,
     TrainSizeOpt,
+    UnitDimOpt,
     bounded_int,
     check_output_paths,
     plain,
@@ -84,6 +85,7 @@ def noise(
     data_dir: DataDirOpt = None,
     train_size: TrainSizeOpt = None,
     test_size: TestSizeOpt = None,
+    unit_dim: UnitDimOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Noise perturbation curves: accuracy as Gaussian noise is added to every unit.
@@ -117,7 +119,10 @@ def noise(
         test_size=test_size,
         device=device,
     )
-    sites, units = site_units_of(model, data, layers)
+    from singledir.sites import parse_unit_dim
+
+    unit_axes = parse_unit_dim(unit_dim)
+    sites, units = site_units_of(model, data, layers, unit_dim=unit_axes)
     curves = noise_curves(
         model,
         data,
@@ -128,6 +133,7 @@ def noise(
         batch_size=batch_size,
         device=device,
         memory_budget_mb=memory_budget_mb,
+        unit_dim=unit_axes,
         progress=not quiet,
     )
     auc = float(noise_auc(curves))

@@ -55,6 +55,8 @@ __all__ = [
     "DataDirOpt",
     "TrainSizeOpt",
     "TestSizeOpt",
+    "UnitDimOpt",
+    "DirectionsOpt",
 ]
 
 # The largest count any option takes: it fits every integer type the engine and the Rust core
@@ -250,6 +252,24 @@ OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Output table (.parque
 PlotOpt = Annotated[Path | None, typer.Option("--plot", help="PNG plot (default: OUT with .png).")]
 NoPlotOpt = Annotated[bool, typer.Option("--no-plot", help="Do not draw the PNG.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+UnitDimOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--unit-dim",
+        metavar="D|SITE=D,...",
+        help="Unit axis of the sites (a dim of the (N, ...) output): D for every site or "
+        "site=D pairs (default: inferred; `singledir sites` shows it).",
+    ),
+]
+DirectionsOpt = Annotated[
+    str,
+    typer.Option(
+        "--directions",
+        metavar="units|random|FILE",
+        help="Ablate units, a seeded random orthonormal basis per site, or directions from "
+        "FILE: .npy (k, C) for one site, .npz / .pt with one (k, C) array per site name.",
+    ),
+]
 ArchOpt = Annotated[
     str | None,
     typer.Option(

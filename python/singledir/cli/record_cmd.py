@@ -21,6 +21,7 @@ from singledir.cli.options import (
     TestSizeOpt,
     TestSplitOpt,
     TrainSizeOpt,
+    UnitDimOpt,
     check_output_paths,
     plain,
     say,
@@ -44,6 +45,7 @@ def record(
     data_dir: DataDirOpt = None,
     train_size: TrainSizeOpt = None,
     test_size: TestSizeOpt = None,
+    unit_dim: UnitDimOpt = None,
     quiet: QuietOpt = False,
 ) -> None:
     """Record every unit's activation on every sample (conv feature maps averaged over
@@ -69,8 +71,16 @@ def record(
         test_size=test_size,
         device=device,
     )
+    from singledir.sites import parse_unit_dim
+
     arrays, labels = record_activation_arrays(
-        model, data, layers, batch_size=batch_size, device=device, progress=not quiet
+        model,
+        data,
+        layers,
+        unit_dim=parse_unit_dim(unit_dim),
+        batch_size=batch_size,
+        device=device,
+        progress=not quiet,
     )
     sites = list(arrays)
     table = activations_to_long(arrays, labels)

@@ -135,3 +135,47 @@ def to_coords(h: torch.Tensor, basis: torch.Tensor | None, dim: int = 1) -> torc
 def from_coords(a: torch.Tensor, basis: torch.Tensor, dim: int = 1) -> torch.Tensor:
     """The unit-space vector ``sum_k a_k basis_k`` on axis ``dim``."""
     return torch.tensordot(a.movedim(dim, -1), basis, dims=1).movedim(-1, dim)
+
+
+def load_directions(spec: str | None, sites: Sequence[str]) -> str | dict[str, Any]:
+    """Directions from a command-line value: ``units`` / ``random``, or a file: ``.npy``
+    (one ``(k, C)`` array: only with a single chosen site), ``.npz`` (one array per site
+    name) or ``.pt`` (a tensor for a single site, or a dict site -> tensor; loaded with
+    ``weights_only=True``)."""
+    from pathlib import Path
+
+    if spec is None or spec.strip().lower() in ("", "units"):
+        return "units"
+    if spec.strip().lower() == "random":
+        return "random"
+    path = Path(spec)
+    if not path.is_file():
+        raise InputError(
+            f"--directions {spec!r} is neither units, random nor an existing .npy/.npz/.pt file"
+        )
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            loaded: Any = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as archive:
+                loaded = {k: archive[k] for k in archive.files}
+        elif suffix == ".pt":
+            loaded = torch.load(path, map_location="cpu", weights_only=True)
+        else:
+            raise InputError(f"--directions {spec!r}: use a .npy, .npz or .pt file")
+    except InputError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
+        msg = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
+        raise InputError(f"cannot read directions from {spec!r} ({msg}): check the file") from None
+    if isinstance(loaded, Mapping):
+        return dict(loaded)
+    if isinstance(loaded, np.ndarray | torch.Tensor):
+        if len(sites) != 1:
+            raise InputError(
+                f"--directions {spec!r} holds one array but {len(sites)} sites are chosen: "
+                "choose one site with --layers, or save a dict site -> array (.npz or .pt)"
+            )
+        return {sites[0]: loaded}
+    raise InputError(f"--directions {spec!r} holds {type(loaded).__name__}: save arrays")
