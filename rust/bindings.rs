@@ -46,6 +46,7 @@ mod _core {
     use crate::kernels::mutual_info::{Binning, MiOptions};
     use crate::kernels::ordering;
     use crate::kernels::units::{self, NegativePolicy, SummaryOptions, UnitSummary};
+    use crate::kernels::walk;
 
     /// Version of the compiled core, to check that the extension matches the Python package.
     #[pyfunction]
@@ -248,5 +249,93 @@ mod _core {
         let v = slice(&values, "values")?;
         let (m, s) = py.detach(|| ordering::level_mean_std(v, n_rows, n_cols, ddof))?;
         Ok((m.into_pyarray(py), s.into_pyarray(py)))
+    }
+
+    /// Kernel view of the walk's arguments (each array C-contiguous, checked by `slice`).
+    fn walk_view<'a>(
+        h0: &'a PyReadonlyArray2<'_, f32>,
+        layers: &'a [(PyReadonlyArray2<'_, f32>, PyReadonlyArray1<'_, f32>)],
+        site_layers: &'a PyReadonlyArray1<'_, i64>,
+        fills: &'a [PyReadonlyArray1<'_, f32>],
+        labels: &'a PyReadonlyArray1<'_, i64>,
+    ) -> PyResult<walk::Walk<'a>> {
+        let maps = layers
+            .iter()
+            .map(|(w, b)| {
+                Ok(walk::Affine {
+                    weight: slice(w, "weight")?,
+                    bias: slice(b, "bias")?,
+                    n_out: w.shape()[0],
+                    n_in: w.shape()[1],
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        Ok(walk::Walk {
+            h0: slice(h0, "h0")?,
+            n_samples: h0.shape()[0],
+            layers: maps,
+            site_layers: slice(site_layers, "site_layers")?,
+            fills: fills
+                .iter()
+                .map(|f| slice(f, "fill"))
+                .collect::<PyResult<Vec<_>>>()?,
+            labels: labels_slice(labels)?,
+        })
+    }
+
+    /// Cumulative-ablation curves of an MLP chain: correct counts and summed loss (O, L).
+    #[pyfunction]
+    #[allow(clippy::too_many_arguments, clippy::type_complexity)]
+    fn mlp_walk_curves<'py>(
+        py: Python<'py>,
+        h0: PyReadonlyArray2<'py, f32>,
+        layers: Vec<(PyReadonlyArray2<'py, f32>, PyReadonlyArray1<'py, f32>)>,
+        site_layers: PyReadonlyArray1<'py, i64>,
+        fills: Vec<PyReadonlyArray1<'py, f32>>,
+        orders: PyReadonlyArray2<'py, i64>,
+        levels: PyReadonlyArray1<'py, i64>,
+        labels: PyReadonlyArray1<'py, i64>,
+    ) -> PyResult<(
+        Bound<'py, numpy::PyArray2<i64>>,
+        Bound<'py, numpy::PyArray2<f64>>,
+    )> {
+        let view = walk_view(&h0, &layers, &site_layers, &fills, &labels)?;
+        let n_orders = orders.shape()[0];
+        let (o, l) = (slice(&orders, "orders")?, slice(&levels, "levels")?);
+        let r = py.detach(|| walk::mlp_curves(&view, o, n_orders, l))?;
+        let n_levels = l.len();
+        Ok((
+            r.correct.into_pyarray(py).reshape([n_orders, n_levels])?,
+            r.loss_sum.into_pyarray(py).reshape([n_orders, n_levels])?,
+        ))
+    }
+
+    /// Single-unit importance of an MLP chain: per pooled unit, correct count, summed loss
+    /// and per-class correct counts (n_units, n_classes).
+    #[pyfunction]
+    #[allow(clippy::type_complexity)]
+    fn mlp_walk_importance<'py>(
+        py: Python<'py>,
+        h0: PyReadonlyArray2<'py, f32>,
+        layers: Vec<(PyReadonlyArray2<'py, f32>, PyReadonlyArray1<'py, f32>)>,
+        site_layers: PyReadonlyArray1<'py, i64>,
+        fills: Vec<PyReadonlyArray1<'py, f32>>,
+        labels: PyReadonlyArray1<'py, i64>,
+        n_classes: usize,
+    ) -> PyResult<(
+        Bound<'py, numpy::PyArray1<i64>>,
+        Bound<'py, numpy::PyArray1<f64>>,
+        Bound<'py, numpy::PyArray2<i64>>,
+    )> {
+        let view = walk_view(&h0, &layers, &site_layers, &fills, &labels)?;
+        let r = py.detach(|| walk::mlp_importance(&view, n_classes))?;
+        let n_units = r.correct.len();
+        Ok((
+            r.correct.into_pyarray(py),
+            r.loss_sum.into_pyarray(py),
+            r.per_class_correct
+                .into_pyarray(py)
+                .reshape([n_units, n_classes])?,
+        ))
     }
 }

@@ -51,3 +51,20 @@ def trapezoid_rows(y: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np
 def level_mean_std(
     values: NDArray[np.float64], ddof: int = 0
 ) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
+def mlp_walk_curves(
+    h0: NDArray[np.float32],
+    layers: list[tuple[NDArray[np.float32], NDArray[np.float32]]],
+    site_layers: NDArray[np.int64],
+    fills: list[NDArray[np.float32]],
+    orders: NDArray[np.int64],
+    levels: NDArray[np.int64],
+    labels: NDArray[np.int64],
+) -> tuple[NDArray[np.int64], NDArray[np.float64]]: ...
+def mlp_walk_importance(
+    h0: NDArray[np.float32],
+    layers: list[tuple[NDArray[np.float32], NDArray[np.float32]]],
+    site_layers: NDArray[np.int64],
+    fills: list[NDArray[np.float32]],
+    labels: NDArray[np.int64],
+    n_classes: int,
+) -> tuple[NDArray[np.int64], NDArray[np.float64], NDArray[np.int64]]: ...

@@ -10,3 +10,4 @@ pub mod mutual_info;
 pub mod ordering;
 mod rng;
 pub mod units;
+pub mod walk;
