@@ -6,8 +6,14 @@ metrics.parquet every epoch and ckpt.pt at the end, and its time includes prepar
 from the (cached) files. The two runs must end with bit-identical weights, which shows they did
 the same work. Runs alternate and the best of ``--repeats`` is kept (the machine is shared).
 
+With ``--monitoring``: the cost of the AUC monitor (``singledir.AUCMonitor`` at its defaults:
+1000 training samples, 3 orderings, 21 levels, every site) as a share of one training epoch,
+and the selectivity regularizer's overhead per training step, measured side by side in one
+process (alternating, best of ``--repeats``).
+
 Usage:
     python bench/train.py [--train-size 20000] [--epochs 2] [--threads 1] [--repeats 3]
+    python bench/train.py --monitoring [--train-size 60000] [--threads 1] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -65,6 +71,78 @@ def plain_loop(cfg: TrainConfig, train_data: LabeledData, test_data: LabeledData
     return {"model": model, "test_acc": accs[-1]}
 
 
+def _epoch(model, opt, x, y, batch_size: int, gen: torch.Generator, reg=None) -> int:
+    """One epoch of plain SGD steps (with the regularizer's penalty when given)."""
+    model.train()
+    perm = torch.randperm(x.shape[0], generator=gen)
+    steps = 0
+    for start in range(0, x.shape[0], batch_size):
+        idx = perm[start : start + batch_size]
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        if reg is not None:
+            loss = loss + reg.penalty(y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        steps += 1
+    return steps
+
+
+def monitoring(args: argparse.Namespace) -> None:
+    """AUC monitor per epoch, and the regularizer per step, against plain training."""
+    from singledir import AUCMonitor, SelectivityRegularizer
+
+    root = _data_root()
+    dataset = "mnist" if root else "digits"
+    size = args.train_size if root else None
+    data = load_dataset(dataset, "train", data_dir=root, train_size=size)
+    assert isinstance(data, LabeledData)
+    cfg = TrainConfig(dataset=dataset, widths=args.widths, device="cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg.model_config(data.in_shape, data.num_classes))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    monitor = AUCMonitor(data, samples=1000)  # the defaults: 3 orderings, 21 levels, all sites
+    reg = SelectivityRegularizer(model, 1.0, data.num_classes, sample_x=data.x[:2])
+    gen = torch.Generator().manual_seed(0)
+    _epoch(model, opt, data.x[:2048], data.y[:2048], args.batch_size, gen)  # warm-up
+    monitor(model, 0)
+    times: dict[str, list[float]] = {"epoch": [], "epoch_reg": [], "monitor": []}
+    steps = 0
+    for r in range(args.repeats):
+        t0 = time.perf_counter()
+        steps = _epoch(model, opt, data.x, data.y, args.batch_size, gen)
+        times["epoch"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        monitor(model, r + 1)
+        times["monitor"].append(time.perf_counter() - t0)
+        with reg:
+            t0 = time.perf_counter()
+            _epoch(model, opt, data.x, data.y, args.batch_size, gen, reg)
+            times["epoch_reg"].append(time.perf_counter() - t0)
+    best = {k: min(v) for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(
+        f"data {dataset}, {len(data)} training samples, MLP {cfg.widths}, batch "
+        f"{args.batch_size} ({steps} steps/epoch), SGD, {args.threads} thread(s), best of "
+        f"{args.repeats} (alternating); monitor: 1000 samples, 3 orderings, 21 levels, "
+        f"{len(reg.sites)} sites; regularizer ALPHA=1 on the same sites"
+    )
+    print(f"{'measurement':<44}{'best s':>9}{'median s':>10}{'share/overhead':>16}")
+    print(f"{'training epoch':<44}{best['epoch']:>9.3f}{med['epoch']:>10.3f}{'':>16}")
+    print(
+        f"{'AUC monitor, one call':<44}{best['monitor']:>9.3f}{med['monitor']:>10.3f}"
+        f"{best['monitor'] / best['epoch']:>15.1%} of an epoch"
+    )
+    print(
+        f"{'training epoch with selectivity regularizer':<44}{best['epoch_reg']:>9.3f}"
+        f"{med['epoch_reg']:>10.3f}{best['epoch_reg'] / best['epoch'] - 1:>+15.1%} per step"
+    )
+    print(
+        f"per step: {best['epoch'] / steps * 1e3:.2f} ms plain, "
+        f"{best['epoch_reg'] / steps * 1e3:.2f} ms with the regularizer"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--train-size", type=int, default=20000)
@@ -73,8 +151,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--monitoring", action="store_true", help="AUC monitor and regularizer")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.monitoring:
+        monitoring(args)
+        return
 
     root = _data_root()
     dataset = "mnist" if root else "digits"
