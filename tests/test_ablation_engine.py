@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from singledir import ablation_auc, ablation_curves, resolve_sites, summarize_curves
 from singledir.ablation import ablation_levels, ablation_plan, unit_orderings
+from singledir.engine.mlp_chain import native_walk_module
 from singledir.errors import DataError, InputError, SiteError
 from singledir.models import MLP, ConvNet11, resnet
 from singledir.sites import ablation_hooks, site_units
@@ -207,7 +208,8 @@ def test_user_model_default_sites_and_fallback(branchy: bool) -> None:
     assert resolve_sites(model, "all", sample_x=x[:2]) == ["body.1", "act"]
     plan = ablation_plan(model, (x, y), "all")
     assert plan.runner == ("hooks" if branchy else "chain")
-    assert plan.path == ("stacked" if branchy else "walk-linear")
+    mlp_walk = "native-walk" if native_walk_module() is not None else "walk-linear"
+    assert plan.path == ("stacked" if branchy else mlp_walk)
     check_exact(model, x, y, "all")
 
 

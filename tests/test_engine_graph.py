@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from singledir import list_sites, noise_curves, record_activation_arrays, unit_importance
 from singledir.ablation import ablation_curves, ablation_levels, ablation_plan, unit_orderings
+from singledir.engine.mlp_chain import chain_logits, mlp_chain, native_walk_module
 from singledir.engine.plan import setup
 from singledir.engine.scoring import seed_for
 from singledir.errors import InputError, SiteError
@@ -98,6 +99,8 @@ def test_four_writings_same_plan_same_numbers(layers: str, value: str) -> None:
             list(record_activation_arrays(model, (x, y), layers, progress=False)[0].values())
         )
     want_path = "walk-linear" if layers == "all" else "cumsum"
+    if native_walk_module() is not None:
+        want_path = "native-walk"  # CPU float32 MLP chains go to the Rust walk
     for plan in plans:
         assert (plan.runner, plan.path) == ("chain", want_path), plan
         assert plan.unit_dims == plans[0].unit_dims and plan.n_units == plans[0].n_units
@@ -153,7 +156,7 @@ def _check_curves(
         layers,
         None,
         torch.device("cpu"),
-        torch.float32,
+        next(model.parameters()).dtype,
         unit_dim=unit_dim,
         directions=directions,
     )
@@ -493,3 +496,48 @@ def test_property_random_graphs_match_reference(arch, value: str) -> None:
     rows_i = ref.naive_importance(model, x, y, ordered[-1], fills=fills1)
     got_i = np.rint(imp["accuracy"].to_numpy() * 24).astype(int)
     assert np.all(np.abs(got_i - [r[0] for r in rows_i]) <= [r[2] for r in rows_i])
+
+
+# ------------------------------------------------------- torch walk and the native handoff
+@pytest.mark.parametrize("layers", ["all", "last1"])
+def test_float64_models_take_the_torch_walk(layers: str) -> None:
+    """The native walk is float32-only: the same writings in float64 take the torch walk
+    (one path for all four) and match the reference."""
+    x, _ = _data((12,), n=48, classes=4)
+    x = x.double()
+    paths = set()
+    for model, _names in _four_mlps():
+        model = model.double()
+        _, plan = _check_curves(model, x, layers)
+        paths.add((plan.runner, plan.path))
+    assert paths == {("chain", "walk-linear" if layers == "all" else "cumsum")}
+
+
+def test_mlp_chain_description_reproduces_the_model() -> None:
+    """The folded (W, b) maps handed to the native walk give the model's logits (batch
+    norm folded, dropout dropped), and site_layers index the sites' activations."""
+    torch.manual_seed(7)
+    model = nn.Sequential(
+        nn.Linear(6, 9),
+        nn.BatchNorm1d(9),
+        nn.ReLU(),
+        nn.Dropout(0.2),
+        nn.Linear(9, 7),
+        nn.ReLU(),
+        nn.Linear(7, 5),
+        nn.BatchNorm1d(5),
+        nn.ReLU(),
+        nn.Linear(5, 3),
+    )
+    model = _random_bn(model)
+    x, y = _data((6,), n=20, classes=3)
+    for layers, site_layers in (("2,8", [0, 2]), ("3,5,8", [0, 1, 2]), ("5", [0])):
+        engine = setup(model, (x, y), layers, None, torch.device("cpu"), torch.float32)
+        chain = mlp_chain(engine.runner, engine.specs)
+        assert not isinstance(chain, str), chain
+        assert chain.site_layers == site_layers
+        with torch.no_grad():
+            h0 = engine.runner.prefix(x)
+            torch.testing.assert_close(chain_logits(chain, h0), model(x), rtol=1e-5, atol=1e-5)
+    engine = setup(model, (x, y), "1", None, torch.device("cpu"), torch.float32)
+    assert isinstance(mlp_chain(engine.runner, engine.specs), str)  # site 1 is a pre-activation

@@ -29,6 +29,7 @@ from torch import nn
 from singledir.curves import ablation_auc, summarize_curves
 from singledir.devices import resolve_device
 from singledir.engine.importance import importance_path, site_importance
+from singledir.engine.mlp_chain import MlpChain, native_chain, native_curves, native_importance
 from singledir.engine.plan import (
     Plan,
     Setup,
@@ -278,11 +279,14 @@ def ablation_curves(
         plan, fast = plan_curves(engine, len(level_counts), method)
         runner = engine.runner
         args = (orders, level_counts, fills, budget, progress)
-        if fast is not None and plan.path == "cumsum":
-            assert isinstance(runner, ChainRunner)
+        if fast is not None and fast.mlp is not None:
+            correct, loss = native_curves(engine, fast.mlp, orders, level_counts, fills, progress)
+        elif fast is not None and plan.path == "cumsum":
+            assert isinstance(runner, ChainRunner) and fast.tail is not None
             correct, loss = cumsum_curves(engine, runner, fast.tail, *args)
         elif fast is not None:
             assert isinstance(runner, ChainRunner) and fast.chain1 is not None
+            assert fast.tail is not None
             correct, loss = walk_curves(engine, runner, fast.chain1, fast.tail, *args)
         else:
             correct, loss = stacked_curves(engine, *args)
@@ -375,12 +379,18 @@ def unit_importance(
             for k, spec in enumerate(engine.specs):
                 site_setup = engine.for_site(k)
                 fill = unit_moments(site_setup)[0][0] if value == "mean" else None
-                bar.update(
-                    task, status=f"{spec.name}: {importance_path(site_setup, method == 'auto')[0]}"
-                )
-                correct, loss, per_class_correct = site_importance(
-                    site_setup, fill, budget, bar, task, method == "auto"
-                )
+                mlp = native_chain(site_setup, method)
+                if isinstance(mlp, MlpChain):
+                    bar.update(task, status=f"{spec.name}: native walk")
+                    correct, loss, per_class_correct = native_importance(
+                        site_setup, mlp, fill, bar, task
+                    )
+                else:
+                    path = importance_path(site_setup, method == "auto")[0]
+                    bar.update(task, status=f"{spec.name}: {path}")
+                    correct, loss, per_class_correct = site_importance(
+                        site_setup, fill, budget, bar, task, method == "auto"
+                    )
                 frames.append(
                     _importance_frame(
                         spec,

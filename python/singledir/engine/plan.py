@@ -8,6 +8,8 @@
 - ``walk`` / ``walk-linear``: two sites, the first reaching the second's pre-activation
   through an affine chain and the second reaching the logits through one: each event is a
   rank-1 (per-channel) update, chosen when the work estimate is below stacked masks;
+- ``native-walk``: the chain to the logits is Linear [BN] layers with ReLUs between them
+  over 2-D activations, on CPU in float32: the Rust walk (:mod:`singledir.engine.native_walk`);
 - ``stacked``: stacked masks through the cached suffix (chain, fx cut or hooks).
 
 The decision depends only on the graph (not on how the model is written) and is returned
@@ -28,6 +30,7 @@ from torch import nn
 from singledir.engine.affine import Chain, parse_chain
 from singledir.engine.batches import Batches
 from singledir.engine.directions import apply_directions
+from singledir.engine.mlp_chain import MlpChain, native_chain
 from singledir.engine.runners import ChainRunner, Runner, make_runner
 from singledir.errors import InputError
 from singledir.sites import Located, SiteSpec, UnitDim, locate_sites
@@ -40,8 +43,8 @@ DEFAULT_BATCH = 1024
 @dataclass(frozen=True)
 class Plan:
     """Which path a model takes: ``runner`` (``chain``, ``fx`` or ``hooks``), ``path``
-    (``cumsum``, ``walk``, ``walk-linear``, ``stacked``), the sites with their unit axes
-    and unit counts, and the reasons for both choices."""
+    (``native-walk``, ``cumsum``, ``walk``, ``walk-linear``, ``stacked``), the sites with
+    their unit axes and unit counts, and the reasons for both choices."""
 
     runner: str
     path: str
@@ -212,11 +215,13 @@ def setup(
 # ---------------------------------------------------------------------------- the plan
 @dataclass
 class FastPath:
-    """A chosen incremental path: its name and the affine chains it uses."""
+    """A chosen incremental path: its name and the affine chains (or, for the native walk,
+    the MLP chain) it uses."""
 
     name: str
     chain1: Chain | None
-    tail: Chain
+    tail: Chain | None
+    mlp: MlpChain | None = None
 
 
 def _chain_at(runner: ChainRunner, spec: SiteSpec, k: int) -> Chain | None:
@@ -283,8 +288,11 @@ def stacked_cost(st: Setup, chain1: Chain) -> float:
 
 def plan_curves(st: Setup, n_levels: int | None, method: str) -> tuple[Plan, FastPath | None]:
     """The plan of the curves (and the fast path's chains when there is one)."""
+    native = native_chain(st, method)
     if method != "auto":
         found: FastPath | str = f"method {method!r} asked for"
+    elif isinstance(native, MlpChain):
+        found = FastPath("native-walk", None, None, native)
     else:
         found = fast_path(st, n_levels)
     path = found.name if isinstance(found, FastPath) else "stacked"
@@ -293,6 +301,7 @@ def plan_curves(st: Setup, n_levels: int | None, method: str) -> tuple[Plan, Fas
             "cumsum": "one site with an affine tail: cumulative sum of unit contributions",
             "walk": "two sites linked by an affine layer: incremental walk",
             "walk-linear": "two sites, Linear then ReLU: incremental walk over kept units",
+            "native-walk": "an MLP chain of 2-D activations on CPU: the Rust walk",
         }[path]
         if isinstance(found, FastPath)
         else f"stacked masks ({found})"
