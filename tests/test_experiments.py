@@ -5,8 +5,8 @@ settings and the report helpers."""
 
 from __future__ import annotations
 
+import itertools
 import json
-import math
 import re
 import shutil
 from html import escape as html_escape
@@ -22,6 +22,7 @@ from singledir.errors import ConfigError
 from singledir.experiments import EXPERIMENTS, resolve_settings, run_experiment
 from singledir.experiments.runner import DONE_MARKER, MANIFEST
 from singledir.experiments.settings import Settings, parse_list
+from singledir.inference import verdict_from_interval
 from singledir.report import (
     FAILS,
     HOLDS,
@@ -126,7 +127,7 @@ def test_corruption_statistics_recomputed(tiny: dict) -> None:
     rho = sps.spearmanr(by_frac["corrupt"], by_frac["auc"]).statistic
     claim = tiny["corruption"].claims[0]
     assert claim.value == pytest.approx(rho)
-    assert claim.verdict == (HOLDS if rho <= -0.3 else FAILS)
+    assert claim.verdict == verdict_from_interval(claim.ci, 0.0, "less", claim.p_value)
     assert f"over {by_frac.height} corruption fractions" in claim.statistic
     noise = pl.read_parquet(d / "noise.parquet")
     assert set(noise["corrupt"].unique()) == set(runs["corrupt"].unique())
@@ -223,7 +224,7 @@ def test_batchnorm_statistics_recomputed(tiny: dict) -> None:
     claim = tiny["batchnorm"].claims[1]
     assert f"= {fmt(wins, 2)}" in claim.statistic
     assert claim.value == pytest.approx(np.mean(off) - np.mean(on))
-    assert claim.verdict == (HOLDS if np.mean(off) > np.mean(on) and wins > 0.5 else FAILS)
+    assert claim.verdict == verdict_from_interval(claim.ci, 0.0, "greater", claim.p_value)
 
 
 def test_selectivity_correlations_recomputed(tiny: dict) -> None:
@@ -373,37 +374,78 @@ def test_every_size_is_a_cli_flag() -> None:
 # ---------------------------------------------------------------------------- report helpers
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=12),
-    st.lists(st.floats(-5, 5, allow_nan=False), min_size=1, max_size=12),
-)
-def test_compare_claim_matches_pairwise_loop(a: list[float], b: list[float]) -> None:
-    c = compare_claim("F", "c", a, b, larger_name="A", smaller_name="B", what="x")
+@settings(max_examples=25, deadline=None)
+@given(st.integers(1, 8), st.integers(1, 8), st.integers(0, 10_000), st.booleans())
+def test_compare_claim_matches_pairwise_loop_and_scipy(
+    na: int, nb: int, seed: int, ties: bool
+) -> None:
+    rng = np.random.default_rng(seed)
+    draw = (lambda k: rng.integers(0, 3, k) / 2.0) if ties else (lambda k: rng.normal(0, 1, k))
+    a, b = list(draw(na) + 0.3), list(draw(nb))
+    c = compare_claim(
+        "F", "c", a, b, larger_name="A", smaller_name="B", what="x", seed=3, n_resamples=400
+    )
     wins = sum((x > y) + 0.5 * (x == y) for x in a for y in b) / (len(a) * len(b))
     assert f"P(A > B) = {fmt(wins, 2)}" in c.statistic
-    assert c.value == pytest.approx(np.mean(a) - np.mean(b))
-    assert c.verdict == (HOLDS if np.mean(a) > np.mean(b) and wins > 0.5 else FAILS)
+    assert c.value == c.estimate == pytest.approx(np.mean(a) - np.mean(b))
+    assert c.n == len(a) + len(b) and c.null == 0.0 and c.expected == "greater"
+    # p by a plain loop over every split (ties within 1e-9 count as at least as extreme)
+    pooled = a + b
+    obs = np.mean(a) - np.mean(b)
+    splits = list(itertools.combinations(range(len(pooled)), len(a)))
+    extreme = 0
+    for idx in splits:
+        mean_in = np.mean([pooled[i] for i in idx])
+        mean_out = np.mean([pooled[i] for i in range(len(pooled)) if i not in idx])
+        extreme += mean_in - mean_out >= obs - 1e-9
+    if len(splits) <= 9999:
+        assert c.p_value == pytest.approx(extreme / len(splits), abs=1e-12)
+    else:  # random splits: Monte Carlo error
+        assert c.p_value == pytest.approx(extreme / len(splits), abs=0.03)
+    if len(a) >= 2 and len(b) >= 2 and not ties:  # SciPy wants two values per group
+        ref = sps.permutation_test(
+            (a, b),
+            lambda u, v: np.mean(u) - np.mean(v),
+            permutation_type="independent",
+            alternative="greater",
+            n_resamples=9999,
+        ).pvalue
+        assert c.p_value == pytest.approx(ref, abs=1e-12 if len(splits) <= 9999 else 0.03)
+    assert c.ci is not None and c.ci[0] <= c.ci[1]
+    assert c.verdict == verdict_from_interval(c.ci, 0.0, "greater", c.p_value)
+    again = compare_claim(
+        "F", "c", a, b, larger_name="A", smaller_name="B", what="x", seed=3, n_resamples=400
+    )
+    assert again.to_dict() == c.to_dict()
 
 
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.floats(-9, 9), st.floats(-9, 9)), min_size=0, max_size=15))
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.floats(-9, 9), st.floats(-9, 9)), min_size=0, max_size=9))
 def test_correlation_claim_matches_scipy(points: list[tuple[float, float]]) -> None:
     x = [p[0] for p in points]
     y = [p[1] for p in points]
-    c = correlation_claim("F", "c", x, y, expect="negative", what="points")
+    c = correlation_claim("F", "c", x, y, expect="negative", what="points", n_resamples=400)
     if len(points) < 3 or np.ptp(x or [0]) == 0 or np.ptp(y or [0]) == 0:
-        assert c.verdict == INCONCLUSIVE
+        assert c.verdict == INCONCLUSIVE and c.ci is None
         return
     rho = sps.spearmanr(x, y).statistic
-    if math.isnan(rho):
-        assert c.verdict == INCONCLUSIVE
-        return
-    assert c.value == pytest.approx(rho, abs=1e-9)
-    # the rule is applied to the reported value (scipy may differ from it in the last ulp)
-    assert c.verdict == (HOLDS if c.value <= -0.3 else FAILS)
-    pos = correlation_claim("F", "c", x, y, expect="positive", what="points")
-    assert pos.verdict == (HOLDS if c.value >= 0.3 else FAILS)
+    assert c.value == c.estimate == pytest.approx(rho, abs=1e-9)
+    assert c.expected == "less" and c.n == len(points)
+    ref = sps.permutation_test(
+        (y,),
+        lambda b: sps.spearmanr(x, b).statistic,
+        permutation_type="pairings",
+        alternative="less",
+        n_resamples=9999,
+    ).pvalue
+    if len(points) <= 7:  # exact: identical
+        assert c.p_value == pytest.approx(ref, abs=1e-9)
+    else:  # random permutations: Monte Carlo error
+        assert c.p_value == pytest.approx(ref, abs=0.03)
+    assert c.verdict == verdict_from_interval(c.ci, 0.0, "less", c.p_value)
+    pos = correlation_claim("F", "c", x, y, expect="positive", what="points", n_resamples=400)
+    assert pos.expected == "greater"
+    assert pos.verdict == verdict_from_interval(pos.ci, 0.0, "greater", pos.p_value)
 
 
 def test_write_report_inlines_figures_and_escapes(tmp_path: Path) -> None:

@@ -2,28 +2,38 @@
 
 A report is a list of :class:`Section` (one per experiment), each with its figures (PNG
 files), small tables, and :class:`Claim` rows: the paper's claim, the statistic measured
-here, and a verdict computed from the data by the experiment (``holds``, ``does not hold``
-or ``inconclusive`` when there are too few points). :func:`write_report` renders them as a
+here with its interval and p-value, and a verdict that follows from the interval (``holds``,
+``does not hold``, or ``inconclusive`` when the interval includes the null). :func:`write_report` renders them as a
 self-contained HTML file (figures inline as base64 PNG) and as Markdown (figures linked).
 
-Helpers here turn measurements into verdicts the same way everywhere:
-:func:`correlation_claim` (sign of a Spearman correlation), :func:`compare_claim` (one mean
-larger than another).
+Claims and their builders live in :mod:`singledir.claims` (re-exported here).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import polars as pl
 
+from singledir.claims import (
+    FAILS,
+    HOLDS,
+    INCONCLUSIVE,
+    Claim,
+    combine_claims,
+    compare_claim,
+    correlation_claim,
+    correlations,
+    difference_claim,
+    fmt,
+    mean_claim,
+    verdict_of,
+)
 from singledir.io import atomic_write
 
 __all__ = [
@@ -37,52 +47,13 @@ __all__ = [
     "render_markdown",
     "correlations",
     "correlation_claim",
+    "difference_claim",
     "compare_claim",
+    "mean_claim",
+    "combine_claims",
     "verdict_of",
     "fmt",
 ]
-
-HOLDS = "holds"
-FAILS = "does not hold"
-INCONCLUSIVE = "inconclusive"
-
-
-@dataclass
-class Claim:
-    """One claim of the paper and what was measured about it.
-
-    Attributes
-    ----------
-    figure:
-        Where the paper makes it (``"Fig. 2"``).
-    claim:
-        The claim, in words.
-    statistic:
-        The measured statistic in words, e.g. ``"Spearman rho = -0.94 over 6 fractions"``.
-    verdict:
-        :data:`HOLDS`, :data:`FAILS` or :data:`INCONCLUSIVE`, computed from the data.
-    value:
-        The statistic's number (for tests and machine-readable summaries).
-    rule:
-        The rule that turned the statistic into the verdict.
-    """
-
-    figure: str
-    claim: str
-    statistic: str
-    verdict: str
-    value: float | None = None
-    rule: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "figure": self.figure,
-            "claim": self.claim,
-            "statistic": self.statistic,
-            "verdict": self.verdict,
-            "value": self.value,
-            "rule": self.rule,
-        }
 
 
 @dataclass
@@ -97,123 +68,6 @@ class Section:
     tables: list[tuple[str, pl.DataFrame]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
-
-
-def fmt(v: Any, digits: int = 3) -> str:
-    """A number for a report: fixed digits, ``nan`` spelled out, ints as ints."""
-    if v is None:
-        return "n/a"
-    if isinstance(v, bool):
-        return str(v)
-    if isinstance(v, int | np.integer):
-        return str(int(v))
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return str(v)
-    if math.isnan(f):
-        return "nan"
-    if f != 0 and (abs(f) < 10 ** (-digits) or abs(f) >= 1e5):
-        return f"{f:.{digits}g}"
-    return f"{f:.{digits}f}"
-
-
-def verdict_of(ok: bool | None) -> str:
-    """:data:`HOLDS` for True, :data:`FAILS` for False, :data:`INCONCLUSIVE` for None."""
-    if ok is None:
-        return INCONCLUSIVE
-    return HOLDS if ok else FAILS
-
-
-def correlations(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> dict:
-    """Pearson r and Spearman rho of ``x`` and ``y`` (NaN when undefined) and the count,
-    computed by :func:`singledir.stats.score_correlations`."""
-    from singledir.stats import score_correlations
-
-    xa = np.asarray(x, dtype=np.float64)
-    ya = np.asarray(y, dtype=np.float64)
-    ok = np.isfinite(xa) & np.isfinite(ya)
-    xa, ya = xa[ok], ya[ok]
-    n = int(xa.size)
-    if n < 3 or np.ptp(xa) == 0 or np.ptp(ya) == 0:
-        return {"pearson": float("nan"), "spearman": float("nan"), "n": n}
-    df = score_correlations(xa, ya)
-    row = df.row(0, named=True)
-    return {"pearson": float(row["pearson"]), "spearman": float(row["spearman"]), "n": n}
-
-
-def correlation_claim(
-    figure: str,
-    claim: str,
-    x: Sequence[float] | np.ndarray,
-    y: Sequence[float] | np.ndarray,
-    *,
-    expect: str,
-    what: str,
-    min_points: int = 3,
-) -> Claim:
-    """A claim that ``y`` rises (``expect="positive"``) or falls (``"negative"``) with ``x``.
-
-    The verdict holds when Spearman's rho has the expected sign and ``|rho| >= 0.3`` over at
-    least ``min_points`` points; it is inconclusive with fewer points or a constant series.
-    """
-    c = correlations(x, y)
-    rho, r, n = c["spearman"], c["pearson"], c["n"]
-    stat = f"Spearman rho = {fmt(rho, 2)}, Pearson r = {fmt(r, 2)} over {n} {what}"
-    if n < min_points or math.isnan(rho):
-        ok: bool | None = None
-    elif expect == "negative":
-        ok = rho <= -0.3
-    elif expect == "positive":
-        ok = rho >= 0.3
-    else:
-        raise ValueError(f"expect must be 'positive' or 'negative', got {expect!r}")
-    sign = "<= -0.3" if expect == "negative" else ">= 0.3"
-    return Claim(
-        figure=figure,
-        claim=claim,
-        statistic=stat,
-        verdict=verdict_of(ok),
-        value=None if math.isnan(rho) else rho,
-        rule=f"holds when Spearman rho {sign} with at least {min_points} points",
-    )
-
-
-def compare_claim(
-    figure: str,
-    claim: str,
-    larger: Sequence[float] | np.ndarray,
-    smaller: Sequence[float] | np.ndarray,
-    *,
-    larger_name: str,
-    smaller_name: str,
-    what: str,
-) -> Claim:
-    """A claim that the values in ``larger`` exceed those in ``smaller`` on average.
-
-    Reports both means and the probability that a random value of ``larger`` exceeds one of
-    ``smaller`` (ties count half: the common-language effect size, P). Holds when the mean of
-    ``larger`` is higher and P > 0.5.
-    """
-    a = np.asarray(larger, dtype=np.float64)
-    b = np.asarray(smaller, dtype=np.float64)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if a.size == 0 or b.size == 0:
-        return Claim(figure, claim, f"no {what} measured", INCONCLUSIVE, None, "")
-    p = float(((a[:, None] > b[None, :]) + 0.5 * (a[:, None] == b[None, :])).mean())
-    ma, mb = float(a.mean()), float(b.mean())
-    stat = (
-        f"mean {what} {fmt(ma)} ({larger_name}, n={a.size}) vs {fmt(mb)} "
-        f"({smaller_name}, n={b.size}); P({larger_name} > {smaller_name}) = {fmt(p, 2)}"
-    )
-    return Claim(
-        figure=figure,
-        claim=claim,
-        statistic=stat,
-        verdict=verdict_of(ma > mb and p > 0.5),
-        value=ma - mb,
-        rule=f"holds when the mean is higher for {larger_name} and P > 0.5",
-    )
 
 
 # ------------------------------------------------------------------------------------------
@@ -268,21 +122,28 @@ def _claims_html(claims: Sequence[Claim]) -> str:
             "<tr>"
             f"<td>{html.escape(c.figure)}</td><td>{html.escape(c.claim)}</td>"
             f"<td>{html.escape(c.statistic)}</td>"
+            f"<td>{html.escape(c.interval_text())}</td><td>{html.escape(fmt(c.p_value))}</td>"
+            f"<td>{html.escape(fmt(c.n))}</td>"
             f"<td class='{_verdict_class(c.verdict)}' title='{html.escape(c.rule)}'>"
             f"{html.escape(c.verdict)}</td></tr>"
         )
     return (
-        "<table><tr><th>paper</th><th>claim</th><th>measured here</th><th>verdict</th></tr>"
+        "<table><tr><th>paper</th><th>claim</th><th>measured here</th>"
+        "<th>estimate [95% CI]</th><th>p</th><th>n</th><th>verdict</th></tr>"
         + "".join(rows)
         + "</table>"
     )
 
 
 def _claims_md(claims: Sequence[Claim]) -> str:
-    lines = ["| paper | claim | measured here | verdict |", "|---|---|---|---|"]
+    lines = [
+        "| paper | claim | measured here | estimate [95% CI] | p | n | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for c in claims:
         lines.append(
-            f"| {c.figure} | {c.claim} | {c.statistic} | **{c.verdict}** |".replace("\n", " ")
+            f"| {c.figure} | {c.claim} | {c.statistic} | {c.interval_text()} | "
+            f"{fmt(c.p_value)} | {fmt(c.n)} | **{c.verdict}** |".replace("\n", " ")
         )
     return "\n".join(lines)
 
