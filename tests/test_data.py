@@ -120,6 +120,7 @@ def test_fashion_mnist_torchvision_layout(tmp_path, monkeypatch):
 
 def test_missing_files_name_what_and_where(tmp_path, monkeypatch):
     monkeypatch.setenv("SINGLEDIR_DATA", str(tmp_path / "env"))
+    (tmp_path / "given").mkdir()  # a folder that exists but lacks the files
     with pytest.raises(DataError) as exc:
         load_dataset("mnist", "train", data_dir=tmp_path / "given")
     msg = str(exc.value)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import gzip
 import io
+import math
 import os
 import pickle
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ __all__ = [
     "read_idx",
     "read_cifar_batch",
     "dataset_info",
+    "check_data_dir",
 ]
 
 DATASET_NAMES = ("digits", "mnist", "fashion-mnist", "cifar10", "imagenet")
@@ -325,11 +327,14 @@ def _read_idx_cached(path: str, mtime_ns: int, size: int) -> np.ndarray:
     if len(raw) < header:
         raise DataError(f"{path!r} is truncated (incomplete IDX header): replace the file")
     dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    count = int(np.prod(dims)) if dims else 1
-    if len(raw) - header < count * dtype.itemsize:
+    # Python integers: a product of 32-bit dims can overflow int64 (np.prod wraps to 0).
+    count = math.prod(dims)
+    held = (len(raw) - header) // dtype.itemsize
+    if count > held:
         raise DataError(
-            f"{path!r} is truncated: header promises {dims} values, "
-            f"the file holds {(len(raw) - header) // dtype.itemsize}; replace the file"
+            f"{path!r} is truncated or its header is impossible: the header promises "
+            f"{' x '.join(map(str, dims))} = {count} values, the file holds {held}; "
+            "replace the file"
         )
     arr = np.frombuffer(raw, dtype=dtype, count=count, offset=header).reshape(dims)
     arr = arr.astype(dtype.newbyteorder("="), copy=True)
@@ -567,6 +572,21 @@ def _subset_indices(n: int, size: int | None, seed: int, what: str) -> np.ndarra
     return np.sort(rng.choice(n, size=size, replace=False))
 
 
+def check_data_dir(
+    data_dir: str | os.PathLike[str] | None, name: str, *, download: bool = False
+) -> None:
+    """Refuse a ``data_dir`` that is given but is not a folder (unless it is to be created by
+    a download): a folder named explicitly never falls back to ``$SINGLEDIR_DATA``."""
+    if data_dir is None or str(data_dir) == "" or download:
+        return
+    folder = Path(data_dir).expanduser()
+    if not folder.is_dir():
+        raise DataError(
+            f"{name} data folder {str(folder)!r} does not exist: check --data-dir "
+            f"(data_dir=), or drop it to use ${ENV_VAR}"
+        )
+
+
 def load_dataset(
     name: str,
     split: str,
@@ -612,6 +632,7 @@ def load_dataset(
     LabeledData, or ImageFolderData for ``imagenet`` (``x`` is ``None`` there).
     """
     key = _check_name(name)
+    check_data_dir(data_dir, key, download=download)
     split_key = {"train": "train", "test": "test", "val": "test"}.get(str(split).lower())
     if split_key is None:
         raise ConfigError(f"unknown split {split!r}: choose 'train' or 'test'")

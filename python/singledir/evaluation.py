@@ -102,9 +102,7 @@ def load_split(
         corrupt = 0.0  # another data set: the checkpoint's corrupted labels do not apply
     folder: str | os.PathLike[str] | None
     if data_dir is not None:
-        if not Path(data_dir).is_dir():
-            raise DataError(f"data folder {str(data_dir)!r} does not exist: check --data-dir")
-        folder = data_dir
+        folder = data_dir  # load_dataset refuses a folder that does not exist
     else:
         recorded = meta.data_dir
         folder = recorded if recorded is not None and Path(recorded).is_dir() else None

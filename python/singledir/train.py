@@ -49,11 +49,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from singledir.checkpoint import save_checkpoint
-from singledir.data import ImageFolderData, LabeledData, load_dataset
+from singledir.data import ImageFolderData, LabeledData, check_data_dir, load_dataset
 from singledir.devices import resolve_device
 from singledir.early_stopping import EarlyStopping
 from singledir.errors import ConfigError, SiteError
-from singledir.io import atomic_write, write_table
+from singledir.io import atomic_write, check_output_path, write_table
 from singledir.models import build_model
 from singledir.train_config import (
     EARLY_STOP_CRITERIA,
@@ -220,7 +220,9 @@ def train(
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
     cfg.validate()
-    out = Path(out_dir)
+    out = check_output_path(out_dir, folder=True)
+    device = resolve_device(cfg.device)  # checked before anything is written
+    check_data_dir(cfg.data_dir, cfg.dataset, download=cfg.download)
     out.mkdir(parents=True, exist_ok=True)
     if resume:
         check_previous(out, cfg)
@@ -231,7 +233,6 @@ def train(
             )
     else:
         clear_outputs(out)
-    device = resolve_device(cfg.device)
     start_time = time.perf_counter()
 
     common: dict[str, Any] = {

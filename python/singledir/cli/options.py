@@ -29,6 +29,8 @@ __all__ = [
     "Value",
     "bounded_int",
     "bounded_float",
+    "any_int",
+    "seed_int",
     "check_output_path",
     "check_output_paths",
     "say",
@@ -218,6 +220,10 @@ class Value(StrEnum):
 
 _COUNT = bounded_int(1)
 _SEED = bounded_int(0, 2**63 - 1)
+# For an integer option whose meaning the library checks (its message stays the library's):
+# only values no integer type of the engine can hold are refused here.
+any_int = bounded_int(-INT_MAX, INT_MAX)
+seed_int = _SEED
 
 CheckpointArg = Annotated[
     Path, typer.Argument(help="Checkpoint (.pt) or a plain state dict.", show_default=False)

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from singledir.cli.options import bounded_float, bounded_int
+from singledir.cli.options import any_int, bounded_float, bounded_int, seed_int
 from singledir.errors import ConfigError
 
 _COUNT = bounded_int(1)
@@ -37,31 +37,43 @@ def train_command(
     corrupt: float = typer.Option(
         0.0, help="Fraction of training labels replaced by random classes, in [0, 1]."
     ),
-    corrupt_seed: int = typer.Option(0, help="Seed of the label corruption."),
-    epochs: int = typer.Option(10, help="Training epochs."),
-    batch_size: int = typer.Option(128, help="Training batch size."),
+    corrupt_seed: int = typer.Option(0, parser=seed_int, help="Seed of the label corruption."),
+    epochs: int = typer.Option(10, parser=any_int, help="Training epochs."),
+    batch_size: int = typer.Option(128, parser=any_int, help="Training batch size."),
     optimizer: str = typer.Option("sgd", help="sgd (with momentum) or adam."),
     lr: float = typer.Option(0.01, help="Learning rate."),
     momentum: float = typer.Option(0.9, help="SGD momentum."),
     weight_decay: float = typer.Option(0.0, help="L2 weight decay."),
     schedule: str = typer.Option("constant", help="constant, cosine or step (x0.1 at 50%, 75%)."),
     snapshot_every: int = typer.Option(
-        0, help="Save a checkpoint every N epochs, and before training (0 = none)."
+        0, parser=any_int, help="Save a checkpoint every N epochs, and before training (0 = none)."
     ),
     snapshot_epochs: str = typer.Option("", help="Also save at these epochs, e.g. 0,1,2,5."),
-    train_size: int | None = typer.Option(None, help="Seeded random subset of the training set."),
-    test_size: int | None = typer.Option(None, help="Seeded random subset of the test set."),
-    data_seed: int = typer.Option(0, help="Seed of the subsets."),
+    train_size: int | None = typer.Option(
+        None, parser=any_int, help="Seeded random subset of the training set."
+    ),
+    test_size: int | None = typer.Option(
+        None, parser=any_int, help="Seeded random subset of the test set."
+    ),
+    data_seed: int = typer.Option(0, parser=seed_int, help="Seed of the subsets."),
     data_dir: Path | None = typer.Option(
         None, help="Folder with the data files (else $SINGLEDIR_DATA)."
     ),
     download: bool = typer.Option(False, help="Download missing data through torchvision."),
-    image_size: int | None = typer.Option(None, help="ImageNet crop side (default 224)."),
-    num_workers: int = typer.Option(4, help="ImageNet DataLoader worker processes."),
-    seed: int = typer.Option(0, help="Seed of initialization, batch order and dropout."),
+    image_size: int | None = typer.Option(
+        None, parser=any_int, help="ImageNet crop side (default 224)."
+    ),
+    num_workers: int = typer.Option(
+        4, parser=any_int, help="ImageNet DataLoader worker processes."
+    ),
+    seed: int = typer.Option(
+        0, parser=seed_int, help="Seed of initialization, batch order and dropout."
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     threads: int | None = typer.Option(
-        None, help="CPU threads for torch (1 is fastest for small nets on a busy machine)."
+        None,
+        parser=any_int,
+        help="CPU threads for torch (1 is fastest for small nets on a busy machine).",
     ),
     train_metrics: str = typer.Option(
         "eval", help="eval (exact pass over the training set) or running (mean over batches)."

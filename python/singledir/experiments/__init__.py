@@ -23,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from singledir.devices import resolve_device
 from singledir.errors import ConfigError
 from singledir.executors import Executor, make_executor
 from singledir.experiments.runner import (
@@ -38,6 +39,7 @@ from singledir.experiments.runner import (
     write_json,
 )
 from singledir.experiments.settings import PRESET_NAMES, Settings, resolve_settings
+from singledir.io import check_output_path
 from singledir.progress import make_progress
 from singledir.report import Section, write_report
 
@@ -127,7 +129,11 @@ def run_experiment(
     # Planned before anything is written, so that a setting the plan refuses leaves no trace.
     plans = {n: experiment_module(n).plan(settings[n]) for n in names}
     _check_data(settings[names[0]])
-    out = Path(out_dir) if out_dir is not None else Path("results") / key
+    for n in names:
+        resolve_device(settings[n].device)  # a bad --device fails before anything is written
+    out = check_output_path(
+        Path(out_dir) if out_dir is not None else Path("results") / key, folder=True
+    )
     own_executor = not isinstance(executor, Executor)
     # Built before anything is written: a bad executor choice or an unreachable Ray
     # cluster fails fast and leaves no folder behind (the process pool starts lazily).
@@ -201,9 +207,12 @@ def run_experiment(
 
 def _check_data(s: Settings) -> None:
     """Fail before any work when the dataset cannot be found (DataError, one line)."""
-    if s.dataset in ("digits", "imagenet"):
-        return  # digits ships with scikit-learn; an ImageNet tree is checked by the runs
     from singledir.data import load_dataset
+
+    if s.dataset == "imagenet":  # an ImageNet tree is checked by the runs; its folder here
+        if s.data_dir is not None and not Path(s.data_dir).is_dir():
+            load_dataset(s.dataset, "test", data_dir=s.data_dir)  # the one-line DataError
+        return
 
     load_dataset(s.dataset, "test", data_dir=s.data_dir, test_size=10)
 
