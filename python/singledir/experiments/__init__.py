@@ -63,6 +63,8 @@ EXPERIMENTS: dict[str, str] = {
     "dropout": "Fig. 5a: dropout protects only up to its own fraction",
     "batchnorm": "Figs. 5b, 6: batch norm: robust to ablation, less selective units",
     "selectivity": "Fig. 7: class selectivity is a poor predictor of unit importance",
+    "earlystop": "Beyond: stopping at the AUC's peak is nearly as good as a validation split",
+    "selectivity-reg": "Beyond: regularizing selectivity (Leavitt & Morcos 2021)",
 }
 EXPERIMENT_NAMES = (*EXPERIMENTS, "all")
 
@@ -73,7 +75,7 @@ def experiment_module(name: str) -> ModuleType:
         raise ConfigError(
             f"unknown experiment {name!r}: choose one of {', '.join(EXPERIMENT_NAMES)}"
         )
-    return importlib.import_module(f"singledir.experiments.{name}")
+    return importlib.import_module(f"singledir.experiments.{name.replace('-', '_')}")
 
 
 def _check_name(name: str) -> str:

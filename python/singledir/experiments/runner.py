@@ -186,7 +186,7 @@ def execute_run(experiment: str, spec: dict[str, Any], run_dir: str) -> dict[str
         return dict(result)
     rdir.mkdir(parents=True, exist_ok=True)
     write_json(rdir / "spec.json", spec)
-    module = importlib.import_module(f"singledir.experiments.{experiment}")
+    module = importlib.import_module(f"singledir.experiments.{experiment.replace('-', '_')}")
     timer = PhaseTimer(rdir / PROGRESS_FILE)
     t0 = time.perf_counter()
     result = dict(module.run(spec, rdir, timer))

@@ -13,6 +13,7 @@ the user's flags override both. The resolved settings are what the manifest reco
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +89,8 @@ class Settings:
     sweep_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
     sweep_batch_sizes: tuple[int, ...] = (16, 64)
     sweep_widths: tuple[float, ...] = (64, 128)
+    val_fraction: float = 0.1
+    selectivity_alphas: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -198,6 +201,18 @@ _EXPERIMENT_OVERRIDES: dict[str, dict[str, dict[str, Any]]] = {
         "tiny": {},
         "quick": {"epochs": 30, "seeds": 2},
         "paper": {"seeds": 1},
+    },
+    # The training experiment's overfitting regime (few samples, 20% noisy labels), monitored
+    # every epoch; seeds are the units of the paired comparison.
+    "earlystop": {
+        "tiny": {"epochs": 6, "seeds": 2, "corrupt": 0.2, "train_size": 600, "batch_size": 32},
+        "quick": {"train_size": 600, "epochs": 50, "seeds": 6, "corrupt": 0.2},
+        "paper": {"epochs": 100, "seeds": 6, "corrupt": 0.2, "ablation_samples": 2000},
+    },
+    "selectivity-reg": {
+        "tiny": {"epochs": 6, "seeds": 2, "selectivity_alphas": (-1.0, 0.0, 1.0)},
+        "quick": {"epochs": 20, "seeds": 5},
+        "paper": {"epochs": 30, "seeds": 5, "selectivity_alphas": (-2.0, -1.0, 0.0, 1.0, 2.0)},
     },
 }
 
@@ -330,4 +345,9 @@ def _validate(s: Settings) -> None:
     )
     need(s.eval_samples is None or s.eval_samples >= 10, "--eval-samples must be at least 10")
     need(all(v >= 0 for v in s.noise_scales), "--noise-scales must be non-negative")
+    need(0.0 < s.val_fraction < 1.0, f"--val-fraction must lie in (0, 1), got {s.val_fraction}")
+    need(
+        len(s.selectivity_alphas) >= 1 and all(math.isfinite(a) for a in s.selectivity_alphas),
+        f"--selectivity-alphas must be finite numbers, got {list(s.selectivity_alphas)}",
+    )
     need(s.optimizer in ("sgd", "adam"), f"--optimizer must be sgd or adam, got {s.optimizer!r}")
