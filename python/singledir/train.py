@@ -223,7 +223,6 @@ def train(
     out = check_output_path(out_dir, folder=True)
     device = resolve_device(cfg.device)  # checked before anything is written
     check_data_dir(cfg.data_dir, cfg.dataset, download=cfg.download)
-    out.mkdir(parents=True, exist_ok=True)
     if resume:
         check_previous(out, cfg)
         done = completed_run(out, cfg)
@@ -231,8 +230,6 @@ def train(
             return TrainResult(
                 out, out / "ckpt.pt", done["snapshots"], done["metrics"], cfg, best=done["best"]
             )
-    else:
-        clear_outputs(out)
     start_time = time.perf_counter()
 
     common: dict[str, Any] = {
@@ -259,6 +256,10 @@ def train(
     if val_data is not None:
         val_data = val_data.to(device)
     mcfg = cfg.model_config(train_data.in_shape, train_data.num_classes)
+    # Written only now that the data and the model config are known to be good.
+    if not resume:
+        clear_outputs(out)
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "config.json", lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2)))
     (out / "snapshots").mkdir(exist_ok=True)
 

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from singledir.cli.options import any_int, seed_int
 from singledir.errors import ConfigError
 
 _out = Console()
@@ -23,7 +24,9 @@ def stats(
     out: Path = typer.Option(
         Path("units.parquet"), "--out", "-o", help="Output table (.parquet, or .csv)."
     ),
-    bins: int = typer.Option(10, "--bins", help="Bins per unit for mutual information."),
+    bins: int = typer.Option(
+        10, "--bins", parser=any_int, help="Bins per unit for mutual information."
+    ),
     binning: str = typer.Option(
         "equal-width", "--binning", help="equal-width or equal-frequency (quantile) bins."
     ),
@@ -31,15 +34,18 @@ def stats(
         False, "--bias-correction", help="Miller-Madow correction of the MI estimate."
     ),
     shuffles: int = typer.Option(
-        0, "--shuffles", help="Subtract the mean MI over this many label shuffles."
+        0, "--shuffles", parser=any_int, help="Subtract the mean MI over this many label shuffles."
     ),
     normalize: bool = typer.Option(False, "--normalize", help="Divide MI by H(class)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the label shuffles."),
+    seed: int = typer.Option(0, "--seed", parser=seed_int, help="Seed of the label shuffles."),
     negative: str = typer.Option(
         "error", "--negative", help="Negative activity: error, shift (by the min) or clip."
     ),
     num_classes: int | None = typer.Option(
-        None, "--num-classes", help="Number of classes (default: largest label + 1)."
+        None,
+        "--num-classes",
+        parser=any_int,
+        help="Number of classes (default: largest label + 1).",
     ),
 ) -> None:
     """Class selectivity, mutual information and activity statistics per (layer, unit).
