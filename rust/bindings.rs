@@ -1,7 +1,7 @@
 //! The thin pyo3 layer: argument conversion, GIL release, error mapping. No logic.
 //!
 //! Every kernel call runs inside `py.detach` (the GIL is released while rayon works), and every
-//! `KernelError` becomes a `singledir.errors.InputError` in one place: `impl From` below.
+//! `KernelError` variant becomes its `singledir.errors` class in one place: `impl From` below.
 
 use numpy::{AsSliceError, PyReadonlyArray, PyReadonlyArray1};
 use pyo3::prelude::*;
@@ -9,11 +9,15 @@ use pyo3::prelude::*;
 use crate::error::KernelError;
 
 pyo3::import_exception!(singledir.errors, InputError);
+pyo3::import_exception!(singledir.errors, ShapeError);
+pyo3::import_exception!(singledir.errors, ConfigError);
 
 impl From<KernelError> for PyErr {
     fn from(err: KernelError) -> PyErr {
         match err {
-            KernelError::Shape(msg) | KernelError::Value(msg) => InputError::new_err(msg),
+            KernelError::Shape(msg) => ShapeError::new_err(msg),
+            KernelError::Value(msg) | KernelError::Capacity(msg) => InputError::new_err(msg),
+            KernelError::Config(msg) => ConfigError::new_err(msg),
         }
     }
 }
@@ -24,7 +28,7 @@ fn slice<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
     name: &str,
 ) -> PyResult<&'a [T]> {
     a.as_slice().map_err(|_: AsSliceError| {
-        InputError::new_err(format!(
+        ShapeError::new_err(format!(
             "{name} must be a C-contiguous array: pass numpy.ascontiguousarray({name})"
         ))
     })
@@ -45,7 +49,7 @@ mod _core {
     use super::{labels_slice, slice};
     use crate::kernels::mutual_info::{Binning, MiOptions};
     use crate::kernels::ordering;
-    use crate::kernels::units::{self, NegativePolicy, SummaryOptions, UnitSummary};
+    use crate::kernels::units::{self, NegativePolicy, RecordStats, SummaryOptions, UnitSummary};
     use crate::kernels::walk;
 
     /// Version of the compiled core, to check that the extension matches the Python package.
@@ -185,6 +189,126 @@ mod _core {
         let v = slice(&values, "values")?;
         let s = py.detach(|| units::summarize_long(u, l, v, n_units, &opts))?;
         to_dict(py, s)
+    }
+
+    /// Statistics of long-format records fed in batches over several passes (see
+    /// `kernels::units::long`): memory holds per-unit state only.
+    #[pyclass(name = "RecordStats", module = "singledir._core")]
+    struct PyRecordStats {
+        inner: Option<RecordStats>,
+    }
+
+    impl PyRecordStats {
+        fn stats(&mut self) -> PyResult<&mut RecordStats> {
+            self.inner.as_mut().ok_or_else(|| {
+                super::InputError::new_err("these record statistics are finished: make new ones")
+            })
+        }
+    }
+
+    #[pymethods]
+    impl PyRecordStats {
+        #[new]
+        #[pyo3(signature = (n_classes=0, *, negative=Some("error"), mutual_info=true, bins=10,
+            binning="equal_width", miller_madow=false, shuffles=0, seed=0, moments=true,
+            column_budget=20_000_000))]
+        #[allow(clippy::too_many_arguments)]
+        fn new(
+            n_classes: usize,
+            negative: Option<&str>,
+            mutual_info: bool,
+            bins: usize,
+            binning: &str,
+            miller_madow: bool,
+            shuffles: usize,
+            seed: u64,
+            moments: bool,
+            column_budget: usize,
+        ) -> PyResult<Self> {
+            let opts = options(
+                n_classes,
+                moments,
+                negative,
+                mutual_info,
+                bins,
+                binning,
+                miller_madow,
+                shuffles,
+                seed,
+            )?;
+            Ok(PyRecordStats {
+                inner: Some(RecordStats::new(opts, None, column_budget)?),
+            })
+        }
+
+        /// The code of a layer name (codes in order of first appearance).
+        fn layer_code(&mut self, name: &str) -> PyResult<usize> {
+            Ok(self.stats()?.layer_code(name))
+        }
+
+        /// Whether this pass wants the sample column (the first pass checks duplicates).
+        fn wants_samples(&mut self) -> PyResult<bool> {
+            Ok(self.stats()?.wants_samples())
+        }
+
+        /// Feed one batch of records (layer codes from `layer_code`).
+        #[pyo3(signature = (layers, units, samples, labels, values))]
+        fn add(
+            &mut self,
+            py: Python<'_>,
+            layers: PyReadonlyArray1<'_, u32>,
+            units: PyReadonlyArray1<'_, i64>,
+            samples: Option<PyReadonlyArray1<'_, i64>>,
+            labels: PyReadonlyArray1<'_, i64>,
+            values: PyReadonlyArray1<'_, f32>,
+        ) -> PyResult<()> {
+            let (l, u) = (slice(&layers, "layers")?, slice(&units, "units")?);
+            let s = samples.as_ref().map(|s| slice(s, "samples")).transpose()?;
+            let (c, v) = (labels_slice(&labels)?, slice(&values, "values")?);
+            let stats = self.stats()?;
+            py.detach(|| stats.add(l, u, s, c, v))?;
+            Ok(())
+        }
+
+        /// Feed one batch of records in layer runs: `lengths[i]` records of layer `codes[i]`.
+        #[pyo3(signature = (codes, lengths, units, samples, labels, values))]
+        #[allow(clippy::too_many_arguments)]
+        fn add_runs(
+            &mut self,
+            py: Python<'_>,
+            codes: PyReadonlyArray1<'_, u32>,
+            lengths: PyReadonlyArray1<'_, u64>,
+            units: PyReadonlyArray1<'_, i64>,
+            samples: Option<PyReadonlyArray1<'_, i64>>,
+            labels: PyReadonlyArray1<'_, i64>,
+            values: PyReadonlyArray1<'_, f32>,
+        ) -> PyResult<()> {
+            let (r, n) = (slice(&codes, "codes")?, slice(&lengths, "lengths")?);
+            let u = slice(&units, "units")?;
+            let s = samples.as_ref().map(|s| slice(s, "samples")).transpose()?;
+            let (c, v) = (labels_slice(&labels)?, slice(&values, "values")?);
+            let stats = self.stats()?;
+            py.detach(|| stats.add_runs(r, n, u, s, c, v))?;
+            Ok(())
+        }
+
+        /// End the pass; True when the same records are wanted once more.
+        fn next_pass(&mut self, py: Python<'_>) -> PyResult<bool> {
+            let stats = self.stats()?;
+            Ok(py.detach(|| stats.next_pass())?)
+        }
+
+        /// One (layer name, statistics dict) per layer, in code order.
+        fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Vec<(String, Bound<'py, PyDict>)>> {
+            let stats = self.inner.take().ok_or_else(|| {
+                super::InputError::new_err("these record statistics are finished already")
+            })?;
+            let layers = stats.finish()?;
+            layers
+                .into_iter()
+                .map(|(name, s)| Ok((name, to_dict(py, s)?)))
+                .collect()
+        }
     }
 
     /// Indices that sort scores (stable; ties keep index order).

@@ -10,6 +10,7 @@ from __future__ import annotations
 __all__ = [
     "SingledirError",
     "InputError",
+    "ShapeError",
     "DataError",
     "CheckpointError",
     "ConfigError",
@@ -26,6 +27,11 @@ class SingledirError(Exception):
 
 class InputError(SingledirError, ValueError):
     """Arrays or values that the computation cannot accept (shape, dtype, NaN, range)."""
+
+
+class ShapeError(InputError):
+    """Arrays whose shapes or lengths do not agree (an :class:`InputError`, so code that
+    catches InputError keeps working)."""
 
 
 class DataError(SingledirError):

@@ -6,6 +6,7 @@
 //! scheduling-dependent reductions. Results are therefore bit-identical for any
 //! `RAYON_NUM_THREADS`.
 
+pub mod binning;
 pub mod mutual_info;
 pub mod ordering;
 mod rng;

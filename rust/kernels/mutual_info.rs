@@ -2,7 +2,7 @@
 //!
 //! Binning (per unit, computed in f64 from the f32 activity):
 //! - equal width: `bin = min(floor((x - min) * (bins / (max - min))), bins - 1)`; a constant
-//!   unit puts every sample in bin 0.
+//!   unit puts every sample in bin 0 (the one binner, [`EqualWidthBins`], used by every path).
 //! - equal frequency: with `s` the sorted activity of the unit's `n` samples, the edges are
 //!   `s[k * n / bins]` for `k = 1..bins` (integer division) and `bin = #{edges <= x}`. Equal
 //!   values always share a bin (ties never split by sample order), so a unit with many exact
@@ -13,8 +13,10 @@
 //! `(m_bc - m_b - m_c + 1) / (2 N ln 2)`, where the `m` count the non-empty cells, bins and
 //! classes; it may go slightly below 0.
 
-use crate::error::{KernelError, KernelResult};
+use crate::error::KernelResult;
+use crate::{ensure, fail};
 
+use super::binning::EqualWidthBins;
 use super::rng::SplitMix64;
 
 /// Largest `bins * n_classes` contingency table accepted (per unit and worker thread).
@@ -32,9 +34,10 @@ impl Binning {
         match name.replace('-', "_").as_str() {
             "equal_width" => Ok(Binning::EqualWidth),
             "equal_frequency" => Ok(Binning::EqualFrequency),
-            other => Err(KernelError::Value(format!(
+            other => Err(fail!(
+                Config,
                 "unknown binning {other:?}: use 'equal_width' or 'equal_frequency'"
-            ))),
+            )),
         }
     }
 }
@@ -51,18 +54,17 @@ pub struct MiOptions {
 
 impl MiOptions {
     pub fn validate(&self, n_classes: usize) -> KernelResult<()> {
-        if self.bins < 2 {
-            return Err(KernelError::Value(format!(
-                "bins must be at least 2 (got {}): choose e.g. 10",
-                self.bins
-            )));
-        }
-        if self.bins.saturating_mul(n_classes.max(1)) > MAX_TABLE_CELLS {
-            return Err(KernelError::Value(format!(
-                "bins x classes = {} x {} is too large a table: use fewer bins",
-                self.bins, n_classes
-            )));
-        }
+        let bins = self.bins;
+        ensure!(
+            bins >= 2,
+            Config,
+            "bins must be at least 2 (got {bins}): choose e.g. 10"
+        );
+        ensure!(
+            bins.saturating_mul(n_classes.max(1)) <= MAX_TABLE_CELLS,
+            Config,
+            "bins x classes = {bins} x {n_classes} is too large a table: use fewer bins"
+        );
         Ok(())
     }
 }
@@ -92,19 +94,8 @@ pub fn bin_codes(
     out.reserve(values.len());
     match binning {
         Binning::EqualWidth => {
-            if max <= min {
-                out.resize(values.len(), 0);
-                return;
-            }
-            let lo = min as f64;
-            let scale = bins as f64 / (max as f64 - lo);
-            let last = (bins - 1) as u32;
-            // x >= min, so truncation is floor; `as` saturates, and the loop vectorizes.
-            out.extend(
-                values
-                    .iter()
-                    .map(|&x| (((x as f64 - lo) * scale) as u32).min(last)),
-            );
+            let binner = EqualWidthBins::new(min, max, bins);
+            out.extend(values.iter().map(|&x| binner.code(x)));
         }
         Binning::EqualFrequency => {
             sort_buf.clear();

@@ -1,0 +1,719 @@
+//! Long-format records `(layer, unit, sample, label, value)` in any order, fed in batches
+//! (row groups of a file, or arrays in memory) into [`RecordStats`], which keeps per-unit state
+//! only: memory does not grow with the number of records (except one bit per (unit, sample)
+//! for refusing duplicates).
+//!
+//! Passes over the same records, in the same order:
+//! 1. sums: counts, class sums, moments, min and max, by the summation rule of the module docs
+//!    (each unit's records in the order they come, in runs of [`SUM_RUN`]);
+//! 2. MI with equal-width bins and no shuffles: bin every record with its unit's min and max
+//!    into per-unit integer tables (one more pass);
+//! 3. other MI options need each unit's values together: groups of units holding at most
+//!    `column_budget` records are collected, one pass per group.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::error::KernelResult;
+use crate::kernels::binning::EqualWidthBins;
+use crate::kernels::mutual_info::{entropy_bits, mi_from_table, MiScratch};
+use crate::{ensure, fail};
+
+use super::columns::column_mutual_info;
+use super::{
+    assemble, check_capacity, non_finite, SummaryOptions, Totals, UnitRow, UnitSummary, SUM_RUN,
+};
+
+/// Bytes of state per (unit, class) cell: count, total and run sums, clipped sums.
+const CELL_BYTES: u128 = 40;
+
+/// The pass the accumulator expects records for.
+#[derive(Debug, Clone, PartialEq)]
+enum Pass {
+    Sums,
+    Tables,
+    /// Units collected in this pass: `(layer, units)`, and where the next group starts.
+    Columns(Vec<(usize, Range<usize>)>, (usize, usize)),
+    Done,
+}
+
+/// Per-unit state of one layer.
+#[derive(Default)]
+struct LayerState {
+    name: String,
+    tot: Totals,
+    run_sums: Vec<f64>,
+    run_pos: Vec<f64>,
+    run_s1: Vec<f64>,
+    run_s2: Vec<f64>,
+    /// One bit per (unit, sample): `seen[u * words + s / 64]`.
+    seen: Vec<u64>,
+    words: usize,
+    rows: Vec<UnitRow>,
+    binners: Vec<EqualWidthBins>,
+    tables: Vec<u32>,
+    /// Column slot of each unit collected in this pass (`u32::MAX`: not collected).
+    slots: Vec<u32>,
+    col_values: Vec<Vec<f32>>,
+    col_labels: Vec<Vec<u32>>,
+}
+
+impl LayerState {
+    fn prefix(&self) -> String {
+        if self.name.is_empty() {
+            String::new()
+        } else {
+            format!("layer '{}': ", self.name)
+        }
+    }
+
+    fn unit_label(&self, u: usize) -> String {
+        format!("{}unit {u}", self.prefix())
+    }
+
+    fn n_units(&self) -> usize {
+        self.tot.n.len()
+    }
+
+    /// Flush the current run of unit `u` into its totals (the summation rule).
+    fn flush(&mut self, u: usize) {
+        let k = self.tot.k;
+        for i in u * k..(u + 1) * k {
+            self.tot.sums[i] += self.run_sums[i];
+            self.run_sums[i] = 0.0;
+            self.tot.pos[i] += self.run_pos[i];
+            self.run_pos[i] = 0.0;
+        }
+        self.tot.s1[u] += self.run_s1[u];
+        self.run_s1[u] = 0.0;
+        self.tot.s2[u] += self.run_s2[u];
+        self.run_s2[u] = 0.0;
+    }
+
+    fn grow_units(&mut self, n_units: usize) {
+        let k = self.tot.k;
+        let t = &mut self.tot;
+        t.n.resize(n_units, 0);
+        t.counts.resize(n_units * k, 0);
+        t.sums.resize(n_units * k, 0.0);
+        t.pos.resize(n_units * k, 0.0);
+        t.x0.resize(n_units, f64::NAN);
+        t.s1.resize(n_units, 0.0);
+        t.s2.resize(n_units, 0.0);
+        t.lo.resize(n_units, f32::INFINITY);
+        t.hi.resize(n_units, f32::NEG_INFINITY);
+        t.active.resize(n_units, 0);
+        self.run_sums.resize(n_units * k, 0.0);
+        self.run_pos.resize(n_units * k, 0.0);
+        self.run_s1.resize(n_units, 0.0);
+        self.run_s2.resize(n_units, 0.0);
+        self.seen.resize(n_units * self.words, 0);
+    }
+
+    fn grow_classes(&mut self, k_new: usize) {
+        let (n_units, k) = (self.n_units(), self.tot.k);
+        fn restride<T: Copy>(v: &mut Vec<T>, n_units: usize, k: usize, k_new: usize, fill: T) {
+            let mut out = vec![fill; n_units * k_new];
+            for u in 0..n_units {
+                out[u * k_new..u * k_new + k].copy_from_slice(&v[u * k..(u + 1) * k]);
+            }
+            *v = out;
+        }
+        restride(&mut self.tot.counts, n_units, k, k_new, 0);
+        restride(&mut self.tot.sums, n_units, k, k_new, 0.0);
+        restride(&mut self.tot.pos, n_units, k, k_new, 0.0);
+        restride(&mut self.run_sums, n_units, k, k_new, 0.0);
+        restride(&mut self.run_pos, n_units, k, k_new, 0.0);
+        self.tot.k = k_new;
+    }
+
+    fn grow_samples(&mut self, words_new: usize) {
+        let (n_units, words) = (self.n_units(), self.words);
+        let mut out = vec![0u64; n_units * words_new];
+        for u in 0..n_units {
+            out[u * words_new..u * words_new + words]
+                .copy_from_slice(&self.seen[u * words..(u + 1) * words]);
+        }
+        (self.seen, self.words) = (out, words_new);
+    }
+}
+
+/// Smallest and largest of a non-empty slice.
+fn extremes(xs: &[i64]) -> (i64, i64) {
+    xs.iter()
+        .fold((i64::MAX, i64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+
+/// Statistics of long-format records fed in batches over one or more passes; see the module
+/// docs. Usage: [`RecordStats::layer_code`] names layers, [`RecordStats::add`] takes records,
+/// [`RecordStats::next_pass`] ends a pass and says whether the same records are wanted once
+/// more, [`RecordStats::finish`] gives one summary per layer (layers in code order).
+pub struct RecordStats {
+    opts: SummaryOptions,
+    fixed_classes: bool,
+    fixed_units: Option<usize>,
+    column_budget: usize,
+    layers: Vec<LayerState>,
+    pass: Pass,
+    /// Records fed in this pass (to check that every pass sees the same records).
+    records: u64,
+    sums_records: u64,
+}
+
+impl RecordStats {
+    /// `opts.n_classes == 0` infers the class count as the largest label + 1; otherwise a
+    /// larger label is refused. `fixed_units` refuses unit indices beyond it and reports that
+    /// many units per layer; `column_budget` bounds the records collected per pass when MI
+    /// needs each unit's values together.
+    pub fn new(
+        opts: SummaryOptions,
+        fixed_units: Option<usize>,
+        column_budget: usize,
+    ) -> KernelResult<RecordStats> {
+        if let Some(mo) = &opts.mutual_info {
+            mo.validate(opts.n_classes.max(2))?;
+        }
+        check_capacity(
+            (fixed_units.unwrap_or(0) as u128) * opts.n_classes as u128,
+            CELL_BYTES,
+            &format!(
+                "{} classes for {} units",
+                opts.n_classes,
+                fixed_units.unwrap_or(0)
+            ),
+            "give the true number of classes",
+        )?;
+        Ok(RecordStats {
+            fixed_classes: opts.n_classes > 0,
+            opts,
+            fixed_units,
+            column_budget: column_budget.max(1),
+            layers: Vec::new(),
+            pass: Pass::Sums,
+            records: 0,
+            sums_records: 0,
+        })
+    }
+
+    /// The code of layer `name`, assigned in order of first appearance.
+    pub fn layer_code(&mut self, name: &str) -> usize {
+        if let Some(i) = self.layers.iter().position(|l| l.name == name) {
+            return i;
+        }
+        let mut layer = LayerState {
+            name: name.to_string(),
+            ..Default::default()
+        };
+        layer.tot.k = self.opts.n_classes;
+        if let Some(n) = self.fixed_units {
+            layer.grow_units(n);
+        }
+        self.layers.push(layer);
+        self.layers.len() - 1
+    }
+
+    /// Whether the records of this pass need the samples (the first pass checks duplicates).
+    pub fn wants_samples(&self) -> bool {
+        self.pass == Pass::Sums
+    }
+
+    /// Records of several layers: `layers[i]` is a code from [`RecordStats::layer_code`].
+    pub fn add(
+        &mut self,
+        layers: &[u32],
+        units: &[i64],
+        samples: Option<&[i64]>,
+        labels: &[i64],
+        values: &[f32],
+    ) -> KernelResult<()> {
+        ensure!(
+            layers.len() == units.len(),
+            Shape,
+            "records disagree in length: {} layers, {} units",
+            layers.len(),
+            units.len()
+        );
+        let mut start = 0;
+        while start < layers.len() {
+            let code = layers[start];
+            let len = layers[start..].iter().take_while(|&&c| c == code).count();
+            let r = start..start + len;
+            let samples = samples.map(|s| &s[r.clone()]);
+            let (u, l, v) = (&units[r.clone()], &labels[r.clone()], &values[r]);
+            self.add_layer(code as usize, u, samples, l, v)?;
+            start += len;
+        }
+        Ok(())
+    }
+
+    /// Records in runs of one layer: run `i` has `lengths[i]` records of layer `codes[i]`.
+    pub fn add_runs(
+        &mut self,
+        codes: &[u32],
+        lengths: &[u64],
+        units: &[i64],
+        samples: Option<&[i64]>,
+        labels: &[i64],
+        values: &[f32],
+    ) -> KernelResult<()> {
+        let total: u64 = lengths.iter().sum();
+        ensure!(
+            codes.len() == lengths.len() && total == units.len() as u64,
+            Shape,
+            "{} layer runs of {total} records in all, for {} records: give one code and length \
+             per run",
+            codes.len(),
+            units.len()
+        );
+        let mut start = 0usize;
+        for (&code, &len) in codes.iter().zip(lengths) {
+            let r = start..start + len as usize;
+            let samples = samples.map(|s| &s[r.clone()]);
+            let (u, l, v) = (&units[r.clone()], &labels[r.clone()], &values[r]);
+            self.add_layer(code as usize, u, samples, l, v)?;
+            start += len as usize;
+        }
+        Ok(())
+    }
+
+    /// Records of one layer.
+    pub fn add_layer(
+        &mut self,
+        layer: usize,
+        units: &[i64],
+        samples: Option<&[i64]>,
+        labels: &[i64],
+        values: &[f32],
+    ) -> KernelResult<()> {
+        let n = units.len();
+        ensure!(
+            labels.len() == n && values.len() == n && samples.is_none_or(|s| s.len() == n),
+            Shape,
+            "records disagree in length: {n} units, {} labels, {} values{}",
+            labels.len(),
+            values.len(),
+            samples.map_or(String::new(), |s| format!(", {} samples", s.len()))
+        );
+        ensure!(
+            layer < self.layers.len(),
+            Value,
+            "layer code {layer} was never named: get codes from layer_code"
+        );
+        if n == 0 {
+            return Ok(());
+        }
+        self.records += n as u64;
+        match self.pass {
+            Pass::Sums => self.add_sums(layer, units, samples, labels, values),
+            Pass::Tables => self.add_tables(layer, units, labels, values),
+            Pass::Columns(..) => self.add_columns(layer, units, labels, values),
+            Pass::Done => Err(fail!(Value, "all passes are done: call finish")),
+        }
+    }
+
+    /// Checks the ranges of a batch and grows the state to hold it (first pass).
+    fn prepare(
+        &mut self,
+        layer: usize,
+        units: &[i64],
+        samples: Option<&[i64]>,
+        labels: &[i64],
+    ) -> KernelResult<()> {
+        let prefix = self.layers[layer].prefix();
+        let (u_lo, u_hi) = extremes(units);
+        let (l_lo, l_hi) = extremes(labels);
+        ensure!(
+            u_lo >= 0,
+            Value,
+            "{prefix}unit index {u_lo} is negative: units must be indices 0..n_units-1"
+        );
+        ensure!(
+            l_lo >= 0,
+            Value,
+            "{prefix}label {l_lo} is negative: labels must be class indices 0..n_classes-1"
+        );
+        if let Some(n) = self.fixed_units {
+            ensure!(
+                (u_hi as u64) < n as u64,
+                Value,
+                "{prefix}unit index {u_hi} is outside 0..{n}: unit indices must be 0..{}",
+                n.saturating_sub(1)
+            );
+        }
+        let k = self.opts.n_classes;
+        if l_hi as u64 >= k as u64 {
+            ensure!(
+                !self.fixed_classes,
+                Value,
+                "{prefix}label {l_hi} is out of range for num_classes={k}: raise num_classes or \
+                 fix the labels"
+            );
+            let k_new = l_hi as u128 + 1;
+            let units_total: u128 = self.layers.iter().map(|l| l.n_units() as u128).sum();
+            check_capacity(
+                k_new * units_total.max(u_hi as u128 + 1),
+                CELL_BYTES,
+                &format!("{prefix}label {l_hi} ({k_new} classes)"),
+                "labels must be class indices 0..n_classes-1: renumber them",
+            )?;
+            for l in &mut self.layers {
+                l.grow_classes(k_new as usize);
+            }
+            self.opts.n_classes = k_new as usize;
+        }
+        let state = &mut self.layers[layer];
+        if u_hi as usize >= state.n_units() {
+            check_capacity(
+                (u_hi as u128 + 1) * (self.opts.n_classes as u128 + 1),
+                CELL_BYTES,
+                &format!("{prefix}unit index {u_hi}"),
+                "number the units 0..n_units-1",
+            )?;
+            state.grow_units(u_hi as usize + 1);
+        }
+        if let Some(samples) = samples {
+            let (s_lo, s_hi) = extremes(samples);
+            ensure!(
+                s_lo >= 0,
+                Value,
+                "{prefix}sample index {s_lo} is negative: samples must be indices 0..n_samples-1"
+            );
+            let words = (s_hi as u128 / 64 + 1) as usize;
+            if words > state.words {
+                let words = words.max(state.words * 2);
+                check_capacity(
+                    state.n_units() as u128 * words as u128,
+                    8,
+                    &format!("{prefix}sample index {s_hi} (checking duplicates)"),
+                    "number the samples 0..n_samples-1",
+                )?;
+                state.grow_samples(words);
+            }
+        }
+        Ok(())
+    }
+
+    fn add_sums(
+        &mut self,
+        layer: usize,
+        units: &[i64],
+        samples: Option<&[i64]>,
+        labels: &[i64],
+        values: &[f32],
+    ) -> KernelResult<()> {
+        self.prepare(layer, units, samples, labels)?;
+        let (sums_on, pos_on, moments_on) = (
+            self.opts.class_sums(),
+            self.opts.clipped_sums(),
+            self.opts.moments,
+        );
+        let state = &mut self.layers[layer];
+        let k = state.tot.k;
+        let words = state.words;
+        for i in 0..units.len() {
+            let (u, c, x) = (units[i] as usize, labels[i] as usize, values[i]);
+            if let Some(samples) = samples {
+                let s = samples[i] as usize;
+                let (word, mask) = (u * words + s / 64, 1u64 << (s % 64));
+                ensure!(
+                    state.seen[word] & mask == 0,
+                    Value,
+                    "{}two records of unit {u}, sample {s}: each (layer, unit, sample) must \
+                     appear once (drop the duplicates, e.g. with polars unique())",
+                    state.prefix()
+                );
+                state.seen[word] |= mask;
+            }
+            if !x.is_finite() {
+                let at = samples.map_or(format!("record {i} of the batch"), |s| {
+                    format!("sample {}", s[i])
+                });
+                return Err(non_finite(&state.unit_label(u), x, &at));
+            }
+            let t = &mut state.tot;
+            let cell = u * k + c;
+            let xf = x as f64;
+            t.counts[cell] += 1;
+            if sums_on {
+                state.run_sums[cell] += xf;
+            }
+            if pos_on {
+                state.run_pos[cell] += xf.max(0.0);
+            }
+            let seen = t.n[u];
+            if seen == 0 {
+                t.x0[u] = xf;
+            }
+            if moments_on {
+                let d = xf - t.x0[u];
+                state.run_s1[u] += d;
+                state.run_s2[u] += d * d;
+                t.active[u] += (x > 0.0) as u64;
+            }
+            t.lo[u] = t.lo[u].min(x);
+            t.hi[u] = t.hi[u].max(x);
+            t.n[u] = seen + 1;
+            if (seen + 1) % SUM_RUN as u64 == 0 {
+                state.flush(u);
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that a later pass sees records the first pass accepted.
+    fn check_known(&self, layer: usize, units: &[i64], labels: &[i64]) -> KernelResult<()> {
+        let (u_lo, u_hi) = extremes(units);
+        let (l_lo, l_hi) = extremes(labels);
+        let state = &self.layers[layer];
+        ensure!(
+            u_lo >= 0
+                && (u_hi as u64) < state.n_units() as u64
+                && l_lo >= 0
+                && (l_hi as u64) < self.opts.n_classes as u64,
+            Value,
+            "{}the records changed between passes: feed the same records in every pass",
+            state.prefix()
+        );
+        Ok(())
+    }
+
+    fn add_tables(
+        &mut self,
+        layer: usize,
+        units: &[i64],
+        labels: &[i64],
+        values: &[f32],
+    ) -> KernelResult<()> {
+        self.check_known(layer, units, labels)?;
+        let (k, bins) = (
+            self.opts.n_classes,
+            self.opts.mutual_info.map_or(0, |m| m.bins),
+        );
+        let state = &mut self.layers[layer];
+        for ((&u, &c), &x) in units.iter().zip(labels).zip(values) {
+            let u = u as usize;
+            let b = state.binners[u].code(x) as usize;
+            state.tables[(u * bins + b) * k + c as usize] += 1;
+        }
+        Ok(())
+    }
+
+    fn add_columns(
+        &mut self,
+        layer: usize,
+        units: &[i64],
+        labels: &[i64],
+        values: &[f32],
+    ) -> KernelResult<()> {
+        self.check_known(layer, units, labels)?;
+        let state = &mut self.layers[layer];
+        if state.col_values.is_empty() {
+            return Ok(());
+        }
+        for ((&u, &c), &x) in units.iter().zip(labels).zip(values) {
+            let slot = state.slots[u as usize];
+            if slot != u32::MAX {
+                state.col_values[slot as usize].push(x);
+                state.col_labels[slot as usize].push(c as u32);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the current pass; true when the same records are wanted once more.
+    pub fn next_pass(&mut self) -> KernelResult<bool> {
+        if self.pass != Pass::Sums {
+            ensure!(
+                self.records == self.sums_records,
+                Value,
+                "this pass saw {} records and the first {}: feed the same records in every pass",
+                self.records,
+                self.sums_records
+            );
+        }
+        let seen = std::mem::take(&mut self.records);
+        match std::mem::replace(&mut self.pass, Pass::Done) {
+            Pass::Sums => {
+                self.sums_records = seen;
+                self.end_sums()?
+            }
+            Pass::Tables => self.end_tables(),
+            Pass::Columns(group, next) => {
+                self.end_columns(&group);
+                self.pass = self.plan_columns(next);
+            }
+            Pass::Done => {}
+        }
+        Ok(self.pass != Pass::Done)
+    }
+
+    fn end_sums(&mut self) -> KernelResult<()> {
+        let k = self.opts.n_classes;
+        ensure!(
+            k >= 2,
+            Value,
+            "need at least 2 classes (got {k}): check the labels"
+        );
+        self.opts.validate()?;
+        let opts = self.opts;
+        for state in &mut self.layers {
+            for u in 0..state.n_units() {
+                if state.tot.n[u] % SUM_RUN as u64 != 0 {
+                    state.flush(u);
+                }
+            }
+            state.seen = Vec::new();
+            let rows = state.tot.rows(&opts, &|u| state.unit_label(u))?;
+            state.rows = rows;
+        }
+        let Some(mo) = opts.mutual_info else {
+            return Ok(());
+        };
+        if opts.mi_by_rows().is_some() {
+            for state in &mut self.layers {
+                let cells = state.n_units() as u128 * mo.bins as u128 * k as u128;
+                check_capacity(
+                    cells,
+                    4,
+                    &format!(
+                        "{}MI tables of {} units x {} bins x {k} classes",
+                        state.prefix(),
+                        state.n_units(),
+                        mo.bins
+                    ),
+                    "use fewer bins",
+                )?;
+                state.binners = EqualWidthBins::per_unit(&state.tot.lo, &state.tot.hi, mo.bins);
+                state.tables = vec![0; cells as usize];
+            }
+            self.pass = Pass::Tables;
+        } else {
+            self.pass = self.plan_columns((0, 0));
+        }
+        Ok(())
+    }
+
+    fn end_tables(&mut self) {
+        let Some(mo) = self.opts.mutual_info else {
+            return;
+        };
+        let (k, bins) = (self.opts.n_classes, mo.bins);
+        for state in &mut self.layers {
+            let mut table64 = vec![0u64; bins * k];
+            for (u, row) in state.rows.iter_mut().enumerate() {
+                if row.n == 0 {
+                    continue;
+                }
+                let cells = &state.tables[u * bins * k..(u + 1) * bins * k];
+                table64
+                    .iter_mut()
+                    .zip(cells)
+                    .for_each(|(t, &v)| *t = v as u64);
+                row.mi = mi_from_table(&table64, bins, k, mo.miller_madow);
+                row.class_entropy = entropy_bits(&row.counts);
+            }
+            state.tables = Vec::new();
+        }
+    }
+
+    /// The next group of units holding at most `column_budget` records (at least one unit),
+    /// starting at `(layer, unit)`; `Done` when none is left.
+    fn plan_columns(&mut self, (mut layer, mut unit): (usize, usize)) -> Pass {
+        let mut group: Vec<(usize, Range<usize>)> = Vec::new();
+        let mut taken = 0u64;
+        'outer: while layer < self.layers.len() {
+            let state = &mut self.layers[layer];
+            state.slots = vec![u32::MAX; state.n_units()];
+            let start = unit;
+            while unit < state.n_units() {
+                let n = state.tot.n[unit];
+                if taken > 0 && taken + n > self.column_budget as u64 {
+                    if unit > start {
+                        group.push((layer, start..unit));
+                    }
+                    break 'outer;
+                }
+                state.slots[unit] = (unit - start) as u32;
+                state.col_values.push(Vec::with_capacity(n as usize));
+                state.col_labels.push(Vec::with_capacity(n as usize));
+                taken += n;
+                unit += 1;
+            }
+            if unit > start {
+                group.push((layer, start..unit));
+            }
+            (layer, unit) = (layer + 1, 0);
+        }
+        if group.is_empty() {
+            Pass::Done
+        } else {
+            Pass::Columns(group, (layer, unit))
+        }
+    }
+
+    fn end_columns(&mut self, group: &[(usize, Range<usize>)]) {
+        let Some(mo) = self.opts.mutual_info else {
+            return;
+        };
+        for (layer, units) in group {
+            let state = &mut self.layers[*layer];
+            let (values, labels) = (&state.col_values, &state.col_labels);
+            state.rows[units.clone()]
+                .par_iter_mut()
+                .enumerate()
+                .for_each_init(MiScratch::default, |scratch, (j, row)| {
+                    column_mutual_info(units.start + j, &values[j], &labels[j], &mo, row, scratch)
+                });
+            state.col_values = Vec::new();
+            state.col_labels = Vec::new();
+            state.slots = Vec::new();
+        }
+    }
+
+    /// One summary per layer, in code order, with the layer names.
+    pub fn finish(self) -> KernelResult<Vec<(String, UnitSummary)>> {
+        ensure!(
+            self.pass == Pass::Done,
+            Value,
+            "the passes are not done: call next_pass until it returns false"
+        );
+        let opts = self.opts;
+        Ok(self
+            .layers
+            .into_iter()
+            .map(|state| (state.name, assemble(state.rows, &opts)))
+            .collect())
+    }
+}
+
+/// Statistics of every unit `0..n_units` from long-format records of one layer, one per
+/// (sample, unit). Each unit's records are taken in the order they come; records in the dense
+/// sample order give the bits of [`super::summarize_dense`].
+pub fn summarize_long(
+    units: &[i64],
+    labels: &[i64],
+    values: &[f32],
+    n_units: usize,
+    opts: &SummaryOptions,
+) -> KernelResult<UnitSummary> {
+    opts.validate()?;
+    let n = units.len();
+    ensure!(
+        labels.len() == n && values.len() == n,
+        Shape,
+        "records disagree in length: {n} units, {} labels, {} values",
+        labels.len(),
+        values.len()
+    );
+    let mut stats = RecordStats::new(*opts, Some(n_units), usize::MAX)?;
+    let layer = stats.layer_code("");
+    loop {
+        stats.add_layer(layer, units, None, labels, values)?;
+        if !stats.next_pass()? {
+            break;
+        }
+    }
+    let mut layers = stats.finish()?;
+    Ok(layers.pop().map(|(_, s)| s).unwrap_or_default())
+}
