@@ -136,3 +136,20 @@ def test_selectivity_reg_refuses_alphas_without_a_baseline():
     with pytest.raises(ConfigError, match="ALPHA 0 on both sides") as exc:
         selectivity_reg.plan(s)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["selectivity-reg", "--selectivity-alphas", "1,2"], "ALPHA 0 on both sides"),
+        (["selectivity-reg", "--selectivity-alphas", "1,x"], "--selectivity-alphas"),
+        (["earlystop", "--val-fraction", "1.5"], "--val-fraction must lie in (0, 1)"),
+    ],
+)
+def test_reproduce_bad_input_is_one_line(tmp_path: Path, monkeypatch, capsys, args, message):
+    out = tmp_path / "r"
+    code, _, err = run_cli(
+        monkeypatch, capsys, "reproduce", *args, "--preset", "tiny", "--out", str(out)
+    )
+    assert code == 2 and err.startswith("error:") and message in err
+    assert err.count("\n") == 1 and not out.exists()

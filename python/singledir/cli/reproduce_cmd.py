@@ -18,6 +18,7 @@ _LIST_KINDS: dict[str, type] = {
     "sweep_lrs": float,
     "sweep_batch_sizes": int,
     "sweep_widths": float,
+    "selectivity_alphas": float,
 }
 
 
@@ -43,8 +44,8 @@ def reproduce(
     experiment: Annotated[
         str,
         typer.Argument(
-            help="corruption, ensemble, training, selection, dropout, batchnorm, selectivity "
-            "or all",
+            help="corruption, ensemble, training, selection, dropout, batchnorm, selectivity, "
+            "earlystop, selectivity-reg or all",
             show_default=False,
         ),
     ],
@@ -113,6 +114,12 @@ def reproduce(
     sweep_widths: Annotated[
         str | None, typer.Option(help="MLP widths (ConvNet11 multipliers) of the sweep")
     ] = None,
+    val_fraction: Annotated[
+        float | None, _number("--val-fraction", "earlystop: validation split of the training set")
+    ] = None,
+    selectivity_alphas: Annotated[
+        str | None, typer.Option(help="selectivity-reg: ALPHA values, e.g. -1,0,1")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Reproduce one analysis of the paper (or `all`): train the nets, ablate, measure, and
@@ -149,6 +156,7 @@ def reproduce(
         "ensemble_size": ensemble_size,
         "snapshot_every": snapshot_every,
         "dropout_corrupt": dropout_corrupt,
+        "val_fraction": val_fraction,
     }
     overrides.update(
         _lists(
@@ -159,6 +167,7 @@ def reproduce(
             sweep_lrs=sweep_lrs,
             sweep_batch_sizes=sweep_batch_sizes,
             sweep_widths=sweep_widths,
+            selectivity_alphas=selectivity_alphas,
         )
     )
     outcome = run_experiment(
