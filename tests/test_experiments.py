@@ -37,6 +37,21 @@ from singledir.report import (
 
 VERDICTS = {HOLDS, FAILS, INCONCLUSIVE}
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CLAIM_FIELDS = {
+    "statistic",
+    "rule",
+    "verdict",
+    "estimate",
+    "ci",
+    "ci_level",
+    "p_value",
+    "n",
+    "null",
+    "expected",
+    "test",
+    "seed",
+    "detectable",
+}
 
 
 class _LazyRuns(dict):
@@ -111,6 +126,16 @@ def test_experiment_writes_results_figures_manifest_report(tiny: dict, name: str
         assert html_escape(c.statistic) in html
         assert c.verdict in md
     assert [c["verdict"] for c in manifest["claims"]] == [c.verdict for c in out.claims]
+    for stored, c in zip(manifest["claims"], out.claims, strict=True):
+        assert CLAIM_FIELDS <= set(stored), sorted(CLAIM_FIELDS - set(stored))
+        assert stored["expected"] in ("greater", "less") and stored["test"] and stored["rule"]
+        assert isinstance(stored["seed"], int) and stored["n"] >= 0
+        if stored["ci"] is not None and None not in stored["ci"]:
+            assert stored["ci"][0] <= stored["ci"][1] and stored["ci_level"] == 0.95
+        if "Holm" not in c.test:  # combined claims: every part must hold (checked below)
+            assert c.verdict == verdict_from_interval(c.ci, c.null, c.expected, c.p_value)
+        elif c.verdict == HOLDS:
+            assert c.p_value is not None and c.p_value < 0.05
 
 
 def test_corruption_statistics_recomputed(tiny: dict) -> None:
@@ -123,12 +148,25 @@ def test_corruption_statistics_recomputed(tiny: dict) -> None:
         # final accuracies come from the training's own metrics
         metrics = pl.read_parquet(d / "runs" / row["run_id"] / "train" / "metrics.parquet")
         assert row["train_acc"] == pytest.approx(metrics.sort("epoch")["train_acc"][-1])
-    by_frac = runs.group_by("corrupt").agg(pl.col("auc").mean()).sort("corrupt")
-    rho = sps.spearmanr(by_frac["corrupt"], by_frac["auc"]).statistic
+    # one point per net: Spearman rho of (corruption, AUC), p from SciPy's exact test
+    rho = sps.spearmanr(runs["corrupt"], runs["auc"]).statistic
     claim = tiny["corruption"].claims[0]
-    assert claim.value == pytest.approx(rho)
+    assert claim.value == claim.estimate == pytest.approx(rho)
+    assert claim.n == runs.height and claim.expected == "less" and claim.null == 0.0
+    x, y = runs["corrupt"].to_numpy(), runs["auc"].to_numpy()
+    ref = sps.permutation_test(
+        (y,),
+        lambda b: sps.spearmanr(x, b).statistic,
+        permutation_type="pairings",
+        alternative="less",
+    ).pvalue
+    assert claim.p_value == pytest.approx(ref)
     assert claim.verdict == verdict_from_interval(claim.ci, 0.0, "less", claim.p_value)
-    assert f"over {by_frac.height} corruption fractions" in claim.statistic
+    assert f"over {runs.height} nets" in claim.statistic
+    table = pl.read_parquet(d / "runs.parquet").group_by("corrupt").agg(pl.col("auc").mean())
+    md = tiny["corruption"].report_md.read_text()
+    for v in table["auc"].to_list():
+        assert fmt(v) in md  # the per-fraction means in the report's table
     noise = pl.read_parquet(d / "noise.parquet")
     assert set(noise["corrupt"].unique()) == set(runs["corrupt"].unique())
 
@@ -188,8 +226,15 @@ def test_selection_statistics_recomputed(tiny: dict) -> None:
         gaps.append(best - best_auc["test_acc"])
         random_gaps.append(np.mean([best - r["test_acc"] for r in part]))
     claim = tiny["selection"].claims[0]
-    assert claim.value == pytest.approx(np.mean(gaps) * 100)
-    assert claim.verdict == (HOLDS if np.mean(gaps) < np.mean(random_gaps) else FAILS)
+    diffs = (np.array(gaps) - np.array(random_gaps)) * 100  # paired per repeat, in pp
+    assert claim.value == claim.estimate == pytest.approx(diffs.mean())
+    assert claim.n == len(gaps) and claim.expected == "less"
+    if len(diffs) >= 2:
+        ref = sps.permutation_test(
+            (diffs,), np.mean, permutation_type="samples", alternative="less"
+        ).pvalue
+        assert claim.p_value == pytest.approx(ref)
+    assert claim.verdict == verdict_from_interval(claim.ci, 0.0, "less", claim.p_value)
 
 
 def test_dropout_slopes_recomputed(tiny: dict) -> None:
@@ -215,15 +260,46 @@ def test_dropout_slopes_recomputed(tiny: dict) -> None:
         assert row["loss_per_fraction_beyond"] == pytest.approx((at(p) - at(hi)) / (hi - p))
 
 
+def test_dropout_claims_recomputed(tiny: dict) -> None:
+    d = tiny["dropout"].out_dir
+    curves = pl.read_parquet(d / "curves.parquet")
+    per = pl.read_parquet(d / "ordering_slopes.parquet")
+    assert per.height == curves.select("run_id", "ordering").unique().height
+    for row in per.iter_rows(named=True):
+        part = curves.filter(
+            (pl.col("run_id") == row["run_id"]) & (pl.col("ordering") == row["ordering"])
+        ).sort("fraction_ablated")
+        x, y, p = part["fraction_ablated"].to_numpy(), part["accuracy"].to_numpy(), row["dropout"]
+        hi = min(1.0, 3 * p)
+        within = (np.interp(0.0, x, y) - np.interp(p, x, y)) / p
+        beyond = (np.interp(p, x, y) - np.interp(hi, x, y)) / (hi - p)
+        assert row["faster"] == pytest.approx(beyond - within)
+    claim = tiny["dropout"].claims[0]
+    noisy = per.filter(pl.col("corrupt") == 1.0)
+    rates = sorted(noisy["dropout"].unique().to_list())
+    assert "Holm" in claim.rule and all(f"p={fmt(r, 1)}" in claim.statistic for r in rates)
+    if len(rates) == 1:  # one comparison: Holm changes nothing; units are orderings here
+        diffs = noisy["faster"].to_numpy()
+        assert claim.estimate == pytest.approx(diffs.mean())
+        ref = sps.permutation_test(
+            (diffs,), np.mean, permutation_type="samples", alternative="greater"
+        ).pvalue
+        assert claim.p_value == pytest.approx(ref, abs=0.03)
+        assert claim.verdict == verdict_from_interval(claim.ci, 0.0, "greater", claim.p_value)
+
+
 def test_batchnorm_statistics_recomputed(tiny: dict) -> None:
     d = tiny["batchnorm"].out_dir
     units = pl.read_parquet(d / "units.parquet")
-    off = units.filter(pl.col("batchnorm") == "no batch norm")["selectivity"].to_list()
-    on = units.filter(pl.col("batchnorm") == "batch norm")["selectivity"].to_list()
+    # the units of the test are nets: each net's mean selectivity over its units
+    per_net = units.group_by(["batchnorm", "run_id"]).agg(pl.col("selectivity").mean())
+    off = per_net.filter(pl.col("batchnorm") == "no batch norm")["selectivity"].to_list()
+    on = per_net.filter(pl.col("batchnorm") == "batch norm")["selectivity"].to_list()
     wins = sum((a > b) + 0.5 * (a == b) for a in off for b in on) / (len(off) * len(on))
     claim = tiny["batchnorm"].claims[1]
     assert f"= {fmt(wins, 2)}" in claim.statistic
     assert claim.value == pytest.approx(np.mean(off) - np.mean(on))
+    assert claim.n == len(off) + len(on)
     assert claim.verdict == verdict_from_interval(claim.ci, 0.0, "greater", claim.p_value)
 
 
@@ -240,7 +316,12 @@ def test_selectivity_correlations_recomputed(tiny: dict) -> None:
         assert row["rho_mutual_info"] == pytest.approx(rho, abs=1e-9)
         rs.append(abs(r))
     claim = tiny["selectivity"].claims[0]
-    assert claim.verdict == (HOLDS if max(rs) < 0.3 else FAILS)
+    assert claim.null == 0.3 and claim.expected == "less" and "Holm" in claim.rule
+    assert any(claim.estimate == pytest.approx(r, abs=1e-9) for r in rs)
+    if claim.verdict == HOLDS:
+        assert max(rs) < 0.3 and claim.p_value < 0.05
+    if claim.verdict == FAILS:
+        assert max(rs) > 0.3
     # importance recomputed by hand for one unit: zero it with a hook and re-evaluate
     import torch
     from singledir.checkpoint import load_checkpoint
@@ -288,6 +369,9 @@ def test_rerun_skips_finished_runs_and_redoes_a_lost_one(tiny: dict, tmp_path: P
     assert (victim / DONE_MARKER).exists()
     after = pl.read_parquet(d / "runs.parquet").sort("seed")
     assert after["auc"].to_list() == before["auc"].to_list()  # same seeds, same numbers
+    # same folder, same verdicts, intervals and p-values (resampling seeds recorded)
+    assert [c.to_dict() for c in third.claims] == [c.to_dict() for c in again.claims]
+    assert [c.to_dict() for c in again.claims] == [c.to_dict() for c in tiny["ensemble"].claims]
     # changed settings make new runs, never reusing results of other settings
     fourth = run_experiment("ensemble", "tiny", {"epochs": 2}, d, executor="serial", progress=False)
     assert fourth.runs_skipped == 0

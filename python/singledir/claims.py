@@ -144,6 +144,13 @@ class Claim:
             "n_resamples": self.n_resamples,
         }
 
+    def brief(self) -> str:
+        """``estimate [low, high], p = ...`` for figure annotations."""
+        if self.estimate is None or self.ci is None:
+            return self.statistic.split(";")[0]
+        low, high = fmt(self.ci[0], 2), fmt(self.ci[1], 2)
+        return f"{fmt(self.estimate, 2)} [{low}, {high}], p = {fmt(self.p_value, 3)}"
+
     def interval_text(self) -> str:
         """``estimate [low, high]`` for tables (empty without an interval)."""
         if self.estimate is None or self.ci is None:

@@ -45,6 +45,7 @@ __all__ = [
     "spearman",
     "permutation_test_correlation",
     "permutation_test_difference",
+    "permutation_test_mean_correlation",
     "sign_flip_test",
     "holm",
     "verdict_from_interval",
@@ -310,6 +311,54 @@ def permutation_test_correlation(
     null = _pearson_rows(xa, ya[perms])
     p = _p_value(observed, null, alternative, exact, 1.0)
     return TestResult(observed, p, alternative, exact, int(perms.shape[0]), name)
+
+
+def permutation_test_mean_correlation(
+    groups: Sequence[tuple[Any, Any]],
+    *,
+    method: str = "spearman",
+    alternative: str = "two-sided",
+    n_resamples: int = N_PERMUTATIONS,
+    seed: int = 0,
+) -> TestResult:
+    """Stratified permutation test of the mean over groups (e.g. seeds) of the correlation
+    of ``x`` with ``y`` within each group: ``y`` is permuted within every group. Exact when
+    the product of the groups' n! is at most ``n_resamples``. With one group it is
+    :func:`permutation_test_correlation`."""
+    _check_alternative(alternative)
+    prepared = []
+    for x, y in groups:
+        xa, ya = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+        if method == "spearman":
+            xa, ya = _ranks(xa), _ranks(ya)
+        prepared.append((xa, ya))
+    name = f"stratified {method} permutation test"
+    if not prepared:
+        return TestResult(float("nan"), float("nan"), alternative, True, 0, name)
+    observed = float(np.mean([_pearson_rows(x, y[None, :])[0] for x, y in prepared]))
+    if not math.isfinite(observed):
+        return TestResult(observed, float("nan"), alternative, True, 0, name)
+    total = math.prod(math.factorial(x.size) for x, _ in prepared)
+    exact = total <= n_resamples
+    rng = np.random.default_rng(seed)
+    null = np.zeros(total if exact else n_resamples)
+    if exact:
+        per_group = [np.array(list(itertools.permutations(range(x.size)))) for x, _ in prepared]
+        for i, combo in enumerate(itertools.product(*[range(len(p)) for p in per_group])):
+            null[i] = np.mean(
+                [
+                    _pearson_rows(x, y[per_group[g][c]][None, :])[0]
+                    for g, ((x, y), c) in enumerate(zip(prepared, combo, strict=True))
+                ]
+            )
+    else:
+        parts = []
+        for x, y in prepared:
+            perms = rng.permuted(np.tile(np.arange(x.size), (n_resamples, 1)), axis=1)
+            parts.append(_pearson_rows(x, y[perms]))
+        null = np.mean(parts, axis=0)
+    p = _p_value(observed, null, alternative, exact, 1.0)
+    return TestResult(observed, p, alternative, exact, int(null.size), name)
 
 
 def permutation_test_difference(

@@ -2,9 +2,10 @@
 
 A report is a list of :class:`Section` (one per experiment), each with its figures (PNG
 files), small tables, and :class:`Claim` rows: the paper's claim, the statistic measured
-here with its interval and p-value, and a verdict that follows from the interval (``holds``,
-``does not hold``, or ``inconclusive`` when the interval includes the null). :func:`write_report` renders them as a
-self-contained HTML file (figures inline as base64 PNG) and as Markdown (figures linked).
+here with its interval and p-value, and a verdict that follows from the interval
+(``holds``, ``does not hold``, or ``inconclusive`` when the interval includes the null).
+:func:`write_report` renders them as a self-contained HTML file (figures inline as base64
+PNG) and as Markdown (figures linked).
 
 Claims and their builders live in :mod:`singledir.claims` (re-exported here).
 """

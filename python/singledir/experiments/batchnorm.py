@@ -17,7 +17,9 @@ from singledir.curves import level_bands
 from singledir.experiments import figures
 from singledir.experiments.common import (
     analysis_params,
+    claim_seed_of,
     load_model,
+    ordering_aucs,
     run_ablation,
     unit_table,
 )
@@ -36,7 +38,7 @@ from singledir.experiments.runner import (
 )
 from singledir.experiments.settings import Settings
 from singledir.io import write_table
-from singledir.report import Section, compare_claim
+from singledir.report import Section, difference_claim
 
 NAME = "batchnorm"
 TITLE = "Batch norm: more robust to ablation, less selective units (Figs. 5b, 6)"
@@ -94,6 +96,7 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
                     "mean_mutual_info": float(r.result["mean_mutual_info"]),
                     "train_acc": float(r.result["train_acc"]),
                     "test_acc": float(r.result["test_acc"]),
+                    "run_id": r.run_id,
                 }
                 for r in records
             ]
@@ -102,36 +105,46 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         summary = level_bands(curves, "fraction_ablated", "accuracy", by="batchnorm")
         on, off = _label(True), _label(False)
 
-        def col(df: pl.DataFrame, which: str, name: str) -> Any:
-            return df.filter(pl.col("batchnorm") == which)[name].to_numpy()
+        aucs = ordering_aucs(curves)
+
+        def nets(which: str) -> list[str]:
+            return sorted({r.run_id for r in records if r.condition["batchnorm"] == which})
+
+        def per_net(which: str, name: str) -> list[Any]:
+            return [units.filter(pl.col("run_id") == run)[name].to_numpy() for run in nets(which)]
 
         claims = [
-            compare_claim(
+            difference_claim(
                 FIGURE_CURVES,
                 "Nets trained with batch norm are more robust to cumulative ablation.",
-                col(runs, on, "auc"),
-                col(runs, off, "auc"),
+                [aucs[r] for r in nets(on)],
+                [aucs[r] for r in nets(off)],
                 larger_name=on,
                 smaller_name=off,
                 what="AUC",
+                seed=claim_seed_of(s, NAME, "auc"),
             ),
-            compare_claim(
+            difference_claim(
                 FIGURE_STATS,
                 "Batch norm lowers class selectivity of units.",
-                col(units, off, "selectivity"),
-                col(units, on, "selectivity"),
+                per_net(off, "selectivity"),
+                per_net(on, "selectivity"),
                 larger_name=off,
                 smaller_name=on,
-                what="unit selectivity",
+                what="unit selectivity (mean over a net's units)",
+                replicates="units",
+                seed=claim_seed_of(s, NAME, "selectivity"),
             ),
-            compare_claim(
+            difference_claim(
                 FIGURE_STATS,
                 "Batch norm lowers the mutual information between units and the class.",
-                col(units, off, "mutual_info"),
-                col(units, on, "mutual_info"),
+                per_net(off, "mutual_info"),
+                per_net(on, "mutual_info"),
                 larger_name=off,
                 smaller_name=on,
-                what="unit mutual information (bits)",
+                what="unit mutual information (bits, mean over a net's units)",
+                replicates="units",
+                seed=claim_seed_of(s, NAME, "mutual_info"),
             ),
         ]
     with timer.phase("report"):
@@ -184,5 +197,5 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         ),
         claims=claims,
         figures=figs,
-        tables=[("Per net", runs)],
+        tables=[("Per net", runs.drop("run_id"))],
     )

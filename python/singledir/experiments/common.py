@@ -21,6 +21,10 @@ __all__ = [
     "run_noise",
     "auc_value",
     "mean_by",
+    "ordering_aucs",
+    "repeat_areas",
+    "claim_seed_of",
+    "mean_intervals",
 ]
 
 
@@ -143,3 +147,61 @@ def mean_by(df: pl.DataFrame, group: str, value: str) -> tuple[np.ndarray, np.nd
     """(sorted group values, mean of ``value`` per group) as arrays."""
     agg = df.group_by(group).agg(pl.col(value).mean()).sort(group)
     return agg[group].to_numpy(), agg[value].to_numpy()
+
+
+def ordering_aucs(
+    curves: pl.DataFrame, key: str = "run_id", relative: bool = False
+) -> dict[Any, np.ndarray]:
+    """Per net (``key``): the AUC of each of its orderings (their mean is the net's AUC),
+    the replicates the bootstrap resamples within a net."""
+    from singledir.curves import ablation_auc
+
+    out: dict[Any, np.ndarray] = {}
+    for (k,), part in curves.partition_by(key, as_dict=True).items():
+        per = ablation_auc(part, per_ordering=True, relative=relative)
+        out[k] = per["auc"].to_numpy()  # type: ignore[index]
+    return out
+
+
+def repeat_areas(noise: pl.DataFrame, key: str = "run_id") -> dict[Any, np.ndarray]:
+    """Per net: the normalized area under each noise repeat's curve (their mean is the
+    net's noise AUC, the area being linear in the curve)."""
+    from singledir.curves import mean_curve_area
+
+    out: dict[Any, np.ndarray] = {}
+    for (k,), part in noise.partition_by(key, as_dict=True).items():
+        reps = part.partition_by("repeat", as_dict=True)
+        out[k] = np.array(
+            [mean_curve_area(r, "scale", "accuracy") for _, r in sorted(reps.items())]
+        )
+    return out
+
+
+def claim_seed_of(s: Settings, experiment: str, name: str) -> int:
+    """The resampling seed of one claim: from the experiment's seed and the claim's name."""
+    from singledir.inference import claim_seed
+
+    return claim_seed(s.seed, f"{experiment}:{name}")
+
+
+def mean_intervals(
+    units_by_group: dict[Any, list[np.ndarray]], seed: int, column: str = "auc"
+) -> pl.DataFrame:
+    """Per group: the mean over its units (each unit's value = mean of its replicates) and
+    the 95% bootstrap interval (units resampled, replicates within them): columns
+    ``group, {column}_mean, {column}_ci_low, {column}_ci_high, units``."""
+    from singledir.inference import bootstrap_interval
+
+    rows = []
+    for i, (g, units) in enumerate(sorted(units_by_group.items())):
+        ci = bootstrap_interval(lambda v: float(v.mean()), [units], seed=seed + i)
+        rows.append(
+            {
+                "group": g,
+                f"{column}_mean": float(np.mean([u.mean() for u in units])),
+                f"{column}_ci_low": ci.low,
+                f"{column}_ci_high": ci.high,
+                "units": len(units),
+            }
+        )
+    return pl.DataFrame(rows)

@@ -18,8 +18,12 @@ from singledir.curves import level_bands
 from singledir.experiments import figures
 from singledir.experiments.common import (
     analysis_params,
+    claim_seed_of,
     load_model,
     mean_by,
+    mean_intervals,
+    ordering_aucs,
+    repeat_areas,
     run_ablation,
     run_noise,
 )
@@ -91,6 +95,15 @@ def runs_table(records: list[RunRecord]) -> pl.DataFrame:
     return pl.DataFrame(rows).sort(["corrupt", "seed"])
 
 
+def _fraction_intervals(
+    runs: pl.DataFrame, replicates: dict[str, np.ndarray], column: str, seed: int
+) -> pl.DataFrame:
+    groups: dict[float, list[np.ndarray]] = {}
+    for row in runs.iter_rows(named=True):
+        groups.setdefault(float(row["corrupt"]), []).append(replicates[row["run_id"]])
+    return mean_intervals(groups, seed, column).rename({"group": "corrupt"}).drop("units")
+
+
 def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: PhaseTimer) -> Section:
     """Tables, figures and the verdicts of Fig. 2's claims."""
     fig_dir = out_dir / "figures"
@@ -103,26 +116,31 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         write_table(runs, out_dir / "runs.parquet")
         curve_summary = level_bands(curves, "fraction_ablated", "accuracy", by="corrupt")
         noise_summary = level_bands(noise, "scale", "accuracy", by="corrupt")
-        fracs, mean_auc = mean_by(runs, "corrupt", "auc")
-        _, mean_nauc = mean_by(runs, "corrupt", "noise_auc")
+        aucs = ordering_aucs(curves)
+        noise_reps = repeat_areas(noise)
+        run_ids = runs["run_id"].to_list()
+        nets = f"nets ({len(s.fractions)} corruption fractions x {s.seeds} seed(s))"
         claims: list[Claim] = [
             correlation_claim(
                 FIGURE,
                 "The more labels are corrupted, the more a net relies on single directions: "
                 "the area under the cumulative ablation curve falls as corruption rises.",
-                fracs,
-                mean_auc,
+                runs["corrupt"].to_numpy(),
+                [aucs[r] for r in run_ids],
                 expect="negative",
-                what=f"corruption fractions (AUC averaged over {s.seeds} seed(s))",
+                what=nets,
+                seed=claim_seed_of(s, NAME, "auc"),
             ),
             correlation_claim(
                 FIGURE,
                 "The same holds for random noise added to every unit: the area under the noise "
                 "perturbation curve falls as corruption rises.",
-                fracs,
-                mean_nauc,
+                runs["corrupt"].to_numpy(),
+                [noise_reps[r] for r in run_ids],
                 expect="negative",
-                what="corruption fractions",
+                what=nets,
+                seed=claim_seed_of(s, NAME, "noise_auc"),
+                replicates="noise repeats",
             ),
         ]
     with timer.phase("report"):
@@ -169,7 +187,7 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
                     title="AUC vs label corruption",
                     xlabel="fraction of labels corrupted",
                     ylabel="area under ablation curve",
-                    annotate=claims[0].statistic.split(" over ")[0],
+                    annotate=f"Spearman rho = {claims[0].brief()}",
                 ),
             ),
         ]
@@ -200,13 +218,22 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         figures=figs,
         tables=[
             (
-                "Per fraction: mean AUC of ablation and noise curves",
+                "Per fraction: mean AUC of ablation and noise curves over nets, with 95% "
+                "bootstrap intervals (nets resampled, orderings / noise repeats within them)",
                 runs.group_by("corrupt")
                 .agg(
-                    pl.col("auc").mean(),
-                    pl.col("noise_auc").mean(),
                     pl.col("train_acc").mean(),
                     pl.col("test_acc").mean(),
+                )
+                .join(
+                    _fraction_intervals(runs, aucs, "auc", claim_seed_of(s, NAME, "table")),
+                    on="corrupt",
+                )
+                .join(
+                    _fraction_intervals(
+                        runs, noise_reps, "noise_auc", claim_seed_of(s, NAME, "table_noise")
+                    ),
+                    on="corrupt",
                 )
                 .sort("corrupt"),
             )

@@ -16,7 +16,7 @@ import polars as pl
 
 from singledir.curves import level_bands
 from singledir.experiments import figures
-from singledir.experiments.common import analysis_params, load_model, run_ablation
+from singledir.experiments.common import analysis_params, claim_seed_of, load_model, run_ablation
 from singledir.experiments.runner import (
     PhaseTimer,
     RunRecord,
@@ -30,7 +30,7 @@ from singledir.experiments.runner import (
 )
 from singledir.experiments.settings import Settings
 from singledir.io import write_table
-from singledir.report import Claim, Section, fmt, verdict_of
+from singledir.report import Section, combine_claims, difference_claim, fmt, mean_claim
 
 NAME = "dropout"
 TITLE = "Dropout protects only up to its own fraction (Fig. 5a)"
@@ -74,6 +74,44 @@ def slopes(xs: np.ndarray, ys: np.ndarray, p: float) -> tuple[float, float]:
     return float(before), float(after)
 
 
+MIN_NETS = 5  # fewer nets per condition: orderings are the units, conditional on the nets
+
+
+def ordering_slopes(curves: pl.DataFrame) -> pl.DataFrame:
+    """Per net and ordering: accuracy lost per unit fraction within [0, p] and beyond
+    [p, min(1, 3p)] (:func:`slopes` of that ordering's curve; their mean over orderings is
+    the slope of the mean curve, interpolation being linear), and ``faster`` = beyond -
+    within."""
+    rows = []
+    for (run, o), part in curves.group_by(["run_id", "ordering"], maintain_order=True):
+        p = float(part["dropout"][0])
+        before, after = slopes(part["fraction_ablated"].to_numpy(), part["accuracy"].to_numpy(), p)
+        rows.append(
+            {
+                "run_id": run,
+                "ordering": int(o),
+                "dropout": p,
+                "corrupt": float(part["corrupt"][0]),
+                "within": before,
+                "beyond": after,
+                "faster": after - before,
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+def _units(per_ordering: pl.DataFrame, column: str) -> tuple[list[np.ndarray], str]:
+    """The units of a test: nets (orderings resampled within them) when there are at least
+    MIN_NETS, else the orderings themselves (inference conditional on these nets)."""
+    nets = per_ordering.partition_by("run_id", as_dict=True)
+    if len(nets) >= MIN_NETS:
+        return [part[column].to_numpy() for _, part in sorted(nets.items())], "nets"
+    values = per_ordering[column].to_numpy()
+    return [np.array([v]) for v in values], (
+        f"orderings of {len(nets)} net(s), conditional on these nets (fewer than {MIN_NETS})"
+    )
+
+
 def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: PhaseTimer) -> Section:
     """Curves per dropout rate with the dropout fraction marked; slope verdicts."""
     fig_dir = out_dir / "figures"
@@ -96,45 +134,69 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
             )
         slope_table = pl.DataFrame(rows).sort(["corrupt", "dropout"])
         write_table(slope_table, out_dir / "slopes.parquet")
-        corrupted = slope_table.filter(pl.col("corrupt") == float(s.dropout_corrupt))
-        clean = slope_table.filter(pl.col("corrupt") == 0.0)
-        faster = (
-            corrupted["loss_per_fraction_beyond"].to_numpy()
-            > corrupted["loss_per_fraction_within"].to_numpy()
-        )
-        claim1 = Claim(
-            figure=FIGURE,
-            claim="Nets trained on corrupted labels with dropout are robust to ablating up to "
+        per_ordering = ordering_slopes(curves)
+        write_table(per_ordering, out_dir / "ordering_slopes.parquet")
+        parts1, parts2 = [], []
+        for p in sorted(float(v) for v in s.dropouts):
+            mine = per_ordering.filter(pl.col("dropout") == p)
+            noisy = mine.filter(pl.col("corrupt") == float(s.dropout_corrupt))
+            clean = mine.filter(pl.col("corrupt") == 0.0)
+            faster, unit_name = _units(noisy, "faster")
+            parts1.append(
+                (
+                    f"p={fmt(p, 1)}",
+                    mean_claim(
+                        FIGURE,
+                        "",
+                        faster,
+                        expect="greater",
+                        what="excess slope beyond p",
+                        units=unit_name,
+                        seed=claim_seed_of(s, NAME, f"within-beyond-{p}"),
+                    ),
+                )
+            )
+            steep_noisy, unit_name = _units(noisy, "beyond")
+            steep_clean, _ = _units(clean, "beyond")
+            parts2.append(
+                (
+                    f"p={fmt(p, 1)}",
+                    difference_claim(
+                        FIGURE,
+                        "",
+                        steep_noisy,
+                        steep_clean,
+                        larger_name="corrupted",
+                        smaller_name="clean",
+                        what="slope beyond p",
+                        units=unit_name,
+                        seed=claim_seed_of(s, NAME, f"corrupt-clean-{p}"),
+                    ),
+                )
+            )
+        claim1 = combine_claims(
+            FIGURE,
+            "Nets trained on corrupted labels with dropout are robust to ablating up to "
             "the dropout fraction, and lose accuracy faster beyond it.",
-            statistic="accuracy lost per unit fraction ablated, within [0, p] vs beyond "
-            "[p, 3p]: "
-            + "; ".join(
-                f"p={fmt(r['dropout'], 1)}: {fmt(r['loss_per_fraction_within'], 2)} vs "
-                f"{fmt(r['loss_per_fraction_beyond'], 2)}"
-                for r in corrupted.iter_rows(named=True)
-            ),
-            verdict=verdict_of(bool(faster.all()) if faster.size else None),
-            value=float(faster.mean()) if faster.size else None,
-            rule="holds when, for every dropout rate, the corrupted-label nets lose accuracy "
-            "faster beyond the dropout fraction than within it",
+            parts1,
+            what="dropout rates",
         )
-        beyond_c = corrupted["loss_per_fraction_beyond"].to_numpy()
-        beyond_k = clean.sort("dropout")["loss_per_fraction_beyond"].to_numpy()
-        steeper = beyond_c > beyond_k if beyond_c.size == beyond_k.size else np.array([])
-        claim2 = Claim(
-            figure=FIGURE,
-            claim="Beyond the dropout fraction, nets trained on corrupted labels lose accuracy "
+        claim1.statistic = (
+            "accuracy lost per unit fraction ablated beyond [p, 3p] minus within [0, p], "
+            "corrupted-label nets: " + claim1.statistic
+        )
+        claim1.rule += f" (units: {parts1[0][1].rule.split('units: ')[1].split(')')[0]})"
+        claim2 = combine_claims(
+            FIGURE,
+            "Beyond the dropout fraction, nets trained on corrupted labels lose accuracy "
             "faster than nets trained on clean labels.",
-            statistic="accuracy lost per unit fraction beyond p, corrupted vs clean: "
-            + "; ".join(
-                f"p={fmt(p, 1)}: {fmt(a, 2)} vs {fmt(b, 2)}"
-                for p, a, b in zip(corrupted["dropout"].to_list(), beyond_c, beyond_k, strict=False)
-            ),
-            verdict=verdict_of(bool(steeper.all()) if steeper.size else None),
-            value=float(steeper.mean()) if steeper.size else None,
-            rule="holds when, for every dropout rate, the corrupted-label nets' slope beyond "
-            "p exceeds the clean nets'",
+            parts2,
+            what="dropout rates",
         )
+        claim2.statistic = (
+            "accuracy lost per unit fraction beyond p, corrupted minus clean: " + claim2.statistic
+        )
+        claim2.rule += f" (units: {parts2[0][1].rule.split('units: ')[1].split(')')[0]})"
     with timer.phase("report"):
         figs = []
         for corrupt, label in ((0.0, "clean labels"), (float(s.dropout_corrupt), "corrupted")):

@@ -18,7 +18,14 @@ import polars as pl
 
 from singledir.curves import level_bands
 from singledir.experiments import figures
-from singledir.experiments.common import analysis_params, load_model, run_ablation
+from singledir.experiments.common import (
+    analysis_params,
+    claim_seed_of,
+    load_model,
+    mean_intervals,
+    ordering_aucs,
+    run_ablation,
+)
 from singledir.experiments.runner import (
     PhaseTimer,
     RunRecord,
@@ -32,7 +39,7 @@ from singledir.experiments.runner import (
 )
 from singledir.experiments.settings import Settings
 from singledir.io import write_table
-from singledir.report import Claim, Section, compare_claim, correlation_claim, fmt
+from singledir.report import Claim, Section, correlation_claim, difference_claim, fmt
 
 NAME = "ensemble"
 TITLE = "Nets that generalize worse rely more on single directions (Fig. 3)"
@@ -95,28 +102,29 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
             .alias("group")
         ).filter(pl.col("group") != "other")
         summary = level_bands(grouped, "fraction_ablated", "accuracy", by="group")
-        auc_best = runs.head(k)["auc"].to_numpy()
-        auc_worst = runs.tail(k)["auc"].to_numpy()
+        aucs = ordering_aucs(curves)
         claims: list[Claim] = [
             correlation_claim(
                 FIGURE,
                 "Across nets differing only in seed, the area under the ablation curve is "
                 "negatively correlated with generalization error.",
                 runs["gen_error"].to_numpy(),
-                runs["auc"].to_numpy(),
+                [aucs[r] for r in runs["run_id"].to_list()],
                 expect="negative",
                 what="nets",
                 min_points=4,
+                seed=claim_seed_of(s, NAME, "correlation"),
             ),
-            compare_claim(
+            difference_claim(
                 FIGURE,
                 f"The {k} nets that generalize best are more robust to ablation than the {k} "
                 "that generalize worst.",
-                auc_best,
-                auc_worst,
+                [aucs[r] for r in runs.head(k)["run_id"].to_list()],
+                [aucs[r] for r in runs.tail(k)["run_id"].to_list()],
                 larger_name=f"best {k}",
                 smaller_name=f"worst {k}",
                 what="AUC",
+                seed=claim_seed_of(s, NAME, "best_worst"),
             ),
         ]
     with timer.phase("report"):
@@ -147,7 +155,7 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
                     title=f"{runs.height} nets, seeds only differ",
                     xlabel="generalization error (train acc - test acc)",
                     ylabel="area under ablation curve",
-                    annotate=claims[0].statistic.split(" over ")[0],
+                    annotate=f"Spearman rho = {claims[0].brief()}",
                 ),
             ),
         ]
@@ -163,7 +171,23 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         ),
         claims=claims,
         figures=figs,
-        tables=[("Nets, sorted by generalization error", runs.drop("run_id"))],
+        tables=[
+            (
+                "Nets, sorted by generalization error (AUC interval: 95% bootstrap over the "
+                "net's orderings)",
+                runs.join(
+                    mean_intervals(
+                        {r: [aucs[r]] for r in runs["run_id"].to_list()},
+                        claim_seed_of(s, NAME, "table"),
+                    )
+                    .rename({"group": "run_id"})
+                    .select("run_id", "auc_ci_low", "auc_ci_high"),
+                    on="run_id",
+                )
+                .sort("gen_error")
+                .drop("run_id"),
+            )
+        ],
         notes=[
             f"Generalization error spans {fmt(spread)} across the ensemble; a narrow spread "
             "makes any correlation noisy (the paper used 200 CIFAR-10 nets)."

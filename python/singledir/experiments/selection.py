@@ -18,7 +18,7 @@ import polars as pl
 
 from singledir.errors import ConfigError
 from singledir.experiments import figures
-from singledir.experiments.common import analysis_params, load_model, run_ablation
+from singledir.experiments.common import analysis_params, claim_seed_of, load_model, run_ablation
 from singledir.experiments.runner import (
     PhaseTimer,
     RunRecord,
@@ -31,7 +31,7 @@ from singledir.experiments.runner import (
 )
 from singledir.experiments.settings import Settings
 from singledir.io import write_table
-from singledir.report import Claim, Section, correlations, fmt, verdict_of
+from singledir.report import Section, correlation_claim, fmt, mean_claim
 
 NAME = "selection"
 TITLE = "Selecting hyper-parameters by ablation AUC, without held-out data (Fig. 4c)"
@@ -148,40 +148,37 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         chance = {k: float(picks[f"chance_top{k}"].to_numpy().mean()) for k in TOP_K}
         gap = picks["gap"].to_numpy() * 100
         random_gap = float(picks["random_gap"].to_numpy().mean()) * 100
-        ok = bool(gap.mean() < random_gap) if picks.height else None
-        main = Claim(
-            figure=FIGURE,
-            claim="Choosing the hyper-parameters with the highest ablation AUC (training set "
+        main = mean_claim(
+            FIGURE,
+            "Choosing the hyper-parameters with the highest ablation AUC (training set "
             "only) finds nets that generalize nearly as well as the best (paper: top-1 13%, "
-            "top-5 83%, top-10 98%; gap 1 +/- 1.1%).",
-            statistic=(
-                ", ".join(
-                    f"top-{k} {fmt(rates[k] * 100, 0)}% (chance {fmt(chance[k] * 100, 0)}%)"
-                    for k in TOP_K
-                )
-                + f"; gap to best test accuracy {fmt(gap.mean(), 2)} +/- "
-                f"{fmt(gap.std(), 2)} pp (random pick {fmt(random_gap, 2)} pp) over "
-                f"{picks.height} repeat(s) of {n_settings} settings"
-            ),
-            verdict=verdict_of(ok),
-            value=float(gap.mean()),
-            rule="holds when the AUC's pick has a smaller mean gap to the best setting than "
-            "a random pick would",
+            "top-5 83%, top-10 98%; gap 1 +/- 1.1%): better than a random pick.",
+            gap - picks["random_gap"].to_numpy() * 100,
+            expect="less",
+            what="gap to the best test accuracy, AUC pick minus random pick (pp)",
+            units="repeats",
+            seed=claim_seed_of(s, NAME, "pick"),
         )
-        setting_means = runs.group_by("setting").agg(
-            pl.col("auc").mean(), pl.col("test_acc").mean()
+        main.statistic = (
+            ", ".join(
+                f"top-{k} {fmt(rates[k] * 100, 0)}% (chance {fmt(chance[k] * 100, 0)}%)"
+                for k in TOP_K
+            )
+            + f"; gap to best test accuracy {fmt(gap.mean(), 2)} +/- "
+            f"{fmt(gap.std(), 2)} pp (random pick {fmt(random_gap, 2)} pp) over "
+            f"{picks.height} repeat(s) of {n_settings} settings; " + main.statistic
         )
-        c = correlations(setting_means["auc"].to_numpy(), setting_means["test_acc"].to_numpy())
-        corr_claim = Claim(
-            figure=FIGURE,
-            claim="Across hyper-parameter settings, higher AUC goes with higher test accuracy.",
-            statistic=(
-                f"Spearman rho = {fmt(c['spearman'], 2)}, Pearson r = {fmt(c['pearson'], 2)} "
-                f"over {c['n']} settings (means over repeats)"
-            ),
-            verdict=verdict_of(None if np.isnan(c["spearman"]) else c["spearman"] >= 0.3),
-            value=None if np.isnan(c["spearman"]) else c["spearman"],
-            rule="holds when Spearman rho >= 0.3",
+        setting_means = (
+            runs.group_by("setting").agg(pl.col("auc").mean(), pl.col("test_acc").mean())
+        ).sort("setting")
+        corr_claim = correlation_claim(
+            FIGURE,
+            "Across hyper-parameter settings, higher AUC goes with higher test accuracy.",
+            setting_means["auc"].to_numpy(),
+            setting_means["test_acc"].to_numpy(),
+            expect="positive",
+            what="settings (means over repeats)",
+            seed=claim_seed_of(s, NAME, "correlation"),
         )
     with timer.phase("report"):
         labels = [f"top-{k}" for k in TOP_K]

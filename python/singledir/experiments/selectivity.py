@@ -8,14 +8,16 @@ per layer, with least-squares lines and correlations. Claim: the correlations ar
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
+from scipy.special import ndtr, ndtri
 
 from singledir.experiments import figures
-from singledir.experiments.common import load_model, quiet_call, unit_table
+from singledir.experiments.common import claim_seed_of, load_model, quiet_call, unit_table
 from singledir.experiments.runner import (
     PhaseTimer,
     RunRecord,
@@ -29,8 +31,15 @@ from singledir.experiments.runner import (
     write_run_table,
 )
 from singledir.experiments.settings import Settings
+from singledir.inference import (
+    N_BOOTSTRAP,
+    as_units,
+    bootstrap_interval,
+    pearson,
+    verdict_from_interval,
+)
 from singledir.io import write_table
-from singledir.report import Claim, Section, fmt, verdict_of
+from singledir.report import INCONCLUSIVE, Claim, Section, combine_claims
 from singledir.unit_scores import join_unit_scores
 
 NAME = "selectivity"
@@ -79,23 +88,77 @@ def layer_correlations(
     ).rename({"group": "layer"})
 
 
-def _claim(corr: pl.DataFrame, score: str, what: str) -> Claim:
-    r = corr["pearson"].to_numpy()
-    finite = r[np.isfinite(r)]
-    ok = None if finite.size == 0 else bool(np.all(np.abs(finite) < WEAK))
-    return Claim(
-        figure=FIGURE,
-        claim=f"{what} is a poor predictor of a unit's importance (accuracy drop when it "
-        "alone is ablated): weak correlation in every layer.",
-        statistic="Pearson r per layer: "
-        + ", ".join(
-            f"{row['layer']} {fmt(row['pearson'], 2)} (rho {fmt(row['spearman'], 2)}, n={row['n']})"
-            for row in corr.iter_rows(named=True)
-        ),
-        verdict=verdict_of(ok),
-        value=float(np.max(np.abs(finite))) if finite.size else None,
-        rule=f"holds when |Pearson r| < {WEAK} in every layer",
+def _layer_weak_claim(
+    units: pl.DataFrame, layer: str, score: str, seed: int, importance: str = "accuracy_drop"
+) -> Claim:
+    """Is |Pearson r(score, importance)| below WEAK in one layer? Estimate |r| over the
+    layer's units (pooled over nets); interval: the image under |.| of the BCa bootstrap
+    interval of r (units resampled within each net); p: equivalence test, the larger of the
+    two one-sided Fisher z tests of r < WEAK and r > -WEAK."""
+    part = units.filter(pl.col("layer") == layer)
+    part = part.filter(pl.col(score).is_finite() & pl.col(importance).is_finite())
+    groups = [
+        as_units(np.column_stack([g[score].to_numpy(), g[importance].to_numpy()]))
+        for _, g in sorted(part.partition_by("run_id", as_dict=True).items())
+    ]
+    n = part.height
+    r = pearson(part[score].to_numpy(), part[importance].to_numpy())
+    claim = Claim(
+        FIGURE,
+        "",
+        "",
+        INCONCLUSIVE,
+        n=n,
+        null=WEAK,
+        expected="less",
+        test="equivalence test (two one-sided Fisher z tests)",
+        seed=seed,
+        n_resamples=N_BOOTSTRAP,
+        ci_level=0.95,
     )
+    if n < 4 or not np.isfinite(r):
+        return claim
+    ci = bootstrap_interval(
+        lambda *g: pearson(np.concatenate(g)[:, 0], np.concatenate(g)[:, 1]), groups, seed=seed
+    )
+    lo, hi = abs(ci.low), abs(ci.high)
+    abs_ci = [0.0 if ci.low <= 0.0 <= ci.high else min(lo, hi), max(lo, hi)]
+    se = 1.0 / math.sqrt(n - 3)
+    z, z_weak = math.atanh(max(-0.999999, min(0.999999, r))), math.atanh(WEAK)
+    p = max(float(ndtr((z - z_weak) / se)), float(1.0 - ndtr((z + z_weak) / se)))
+    claim.estimate = claim.value = abs(r)
+    claim.ci = abs_ci
+    claim.p_value = p
+    # the largest true |r| shown weak with 80% power: WEAK minus this distance
+    claim.detectable = WEAK - math.tanh(z_weak - (float(ndtri(0.95)) + float(ndtri(0.8))) * se)
+    claim.verdict = verdict_from_interval(abs_ci, WEAK, "less", p)
+    return claim
+
+
+def _claim(units: pl.DataFrame, score: str, what: str, s: Settings) -> Claim:
+    layers = sorted(units["layer"].unique().to_list())
+    parts = [
+        (layer, _layer_weak_claim(units, layer, score, claim_seed_of(s, NAME, f"{score}-{layer}")))
+        for layer in layers
+    ]
+    claim = combine_claims(
+        FIGURE,
+        f"{what} is a poor predictor of a unit's importance (accuracy drop when it alone is "
+        f"ablated): weak correlation (|Pearson r| < {WEAK}) in every layer.",
+        parts,
+        what="layers",
+    )
+    claim.statistic = (
+        "|Pearson r| per layer, estimate [95% CI] (n units): "
+        + "; ".join(f"{layer} (n={c.n}): {c.interval_text() or 'n/a'}" for layer, c in parts)
+        + " | "
+        + claim.statistic
+    )
+    claim.rule += (
+        f" (null |r| = {WEAK}; units: a layer's units, resampled within each net; units "
+        "of one net are not independent samples, so the interval is about these nets)"
+    )
+    return claim
 
 
 def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: PhaseTimer) -> Section:
@@ -128,8 +191,8 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
             )
         write_table(table, out_dir / "correlations.parquet")
         claims = [
-            _claim(corr_sel, "selectivity", "Class selectivity"),
-            _claim(corr_mi, "mutual_info", "Mutual information with the class"),
+            _claim(units, "selectivity", "Class selectivity", s),
+            _claim(units, "mutual_info", "Mutual information with the class", s),
         ]
     with timer.phase("report"):
         figs = [

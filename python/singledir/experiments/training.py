@@ -17,8 +17,15 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from singledir.claims import ALPHA
 from singledir.experiments import figures
-from singledir.experiments.common import analysis_params, auc_value, load_model, run_ablation
+from singledir.experiments.common import (
+    analysis_params,
+    auc_value,
+    claim_seed_of,
+    load_model,
+    run_ablation,
+)
 from singledir.experiments.runner import (
     PhaseTimer,
     RunRecord,
@@ -32,8 +39,17 @@ from singledir.experiments.runner import (
     write_run_table,
 )
 from singledir.experiments.settings import Settings
+from singledir.inference import (
+    N_BOOTSTRAP,
+    as_units,
+    bootstrap_interval,
+    min_detectable_correlation,
+    permutation_test_mean_correlation,
+    spearman,
+    verdict_from_interval,
+)
 from singledir.io import write_table
-from singledir.report import INCONCLUSIVE, Claim, Section, correlations, fmt, verdict_of
+from singledir.report import INCONCLUSIVE, Claim, Section, correlations, fmt
 
 NAME = "training"
 TITLE = "Over training, AUC falls as the test loss rises (Fig. 4a, b)"
@@ -97,6 +113,66 @@ def rising_phase(epochs: pl.DataFrame) -> pl.DataFrame:
     return ordered.slice(i_min)
 
 
+def _overfitting_claim(epochs: pl.DataFrame, table: pl.DataFrame, seed: int) -> Claim:
+    """Mean over seeds of Spearman rho(test loss, AUC) after the test-loss minimum, with a
+    bootstrap interval (snapshots resampled within each seed) and a stratified permutation
+    p-value (AUC permuted among a seed's snapshots)."""
+    usable = []
+    for row in table.iter_rows(named=True):
+        if row["snapshots_after_min"] >= 3 and np.isfinite(row["spearman_after_min"]):
+            rise = rising_phase(epochs.filter(pl.col("seed") == row["seed"]))
+            usable.append((rise["test_loss"].to_numpy(), rise["auc"].to_numpy()))
+    rhos = table["spearman_after_min"].to_numpy()
+    n_snap = int(sum(x.size for x, _ in usable))
+    claim = Claim(
+        figure=FIGURE,
+        claim="Once the test loss rises (after its minimum), the area under the ablation "
+        "curve (relative to unablated accuracy) falls as the test loss rises: negative "
+        "correlation across epochs.",
+        statistic="",
+        verdict=INCONCLUSIVE,
+        rule="holds when the 95% bootstrap interval (BCa; snapshots after the test-loss "
+        "minimum resampled within each seed) of the mean per-seed Spearman rho(test loss, "
+        "AUC) lies below 0 and the stratified permutation p (AUC permuted among each seed's "
+        f"snapshots) < {ALPHA}; does not hold when it lies above 0; otherwise inconclusive, "
+        "also when no seed has 3 snapshots after the minimum. Successive snapshots of one "
+        "net are not independent: read p as optimistic",
+        n=n_snap,
+        null=0.0,
+        expected="less",
+        test="stratified spearman permutation test",
+        detectable=min_detectable_correlation(n_snap),
+        seed=seed,
+        n_resamples=N_BOOTSTRAP,
+        ci_level=0.95,
+    )
+    prefix = (
+        "Spearman rho(test loss, AUC) after the test-loss minimum: "
+        + ", ".join(fmt(v, 2) for v in rhos)
+        + f" for {table.height} seed(s)"
+    )
+    if not usable:
+        claim.statistic = prefix + " (too few snapshots after the minimum)"
+        return claim
+    test = permutation_test_mean_correlation(usable, alternative="less", seed=seed)
+    samples = [as_units(np.column_stack([x, y])) for x, y in usable]
+    ci = bootstrap_interval(
+        lambda *groups: float(np.mean([spearman(g[:, 0], g[:, 1]) for g in groups])),
+        samples,
+        seed=seed,
+    )
+    claim.estimate = claim.value = test.statistic
+    claim.ci = ci.as_list()
+    claim.p_value = test.p_value
+    claim.verdict = verdict_from_interval(ci, 0.0, "less", test.p_value, alpha=ALPHA)
+    claim.statistic = (
+        prefix + f"; mean {fmt(test.statistic, 2)} (95% CI [{fmt(ci.low, 2)}, {fmt(ci.high, 2)}]; "
+        f"one-sided p = {fmt(test.p_value, 3)}) over {n_snap} snapshots; smallest |rho| "
+        f"detected with 80% power over {n_snap} snapshots: {fmt(claim.detectable, 2)}"
+    )
+    return claim
+
+
 def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: PhaseTimer) -> Section:
     """Loss and AUC trajectories and the correlation once test loss rises."""
     fig_dir = out_dir / "figures"
@@ -124,26 +200,7 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
                 }
             )
         table = pl.DataFrame(per_seed)
-        rhos = table["spearman_after_min"].to_numpy()
-        usable = rhos[np.isfinite(rhos) & (table["snapshots_after_min"].to_numpy() >= 3)]
-        mean_rho = float(usable.mean()) if usable.size else float("nan")
-        ok = None if usable.size == 0 else bool(mean_rho <= -0.3)
-        claim = Claim(
-            figure=FIGURE,
-            claim="Once the test loss rises (after its minimum), the area under the ablation "
-            "curve (relative to unablated accuracy) falls as the test loss rises: negative "
-            "correlation across epochs.",
-            statistic=(
-                "Spearman rho(test loss, AUC) after the test-loss minimum: "
-                + ", ".join(fmt(v, 2) for v in rhos)
-                + f" for {table.height} seed(s) (mean {fmt(mean_rho, 2)}; "
-                f"{int(table['snapshots_after_min'].sum())} snapshots)"
-            ),
-            verdict=verdict_of(ok),
-            value=None if not np.isfinite(mean_rho) else mean_rho,
-            rule="holds when the mean per-seed Spearman rho <= -0.3 over seeds with at least "
-            "3 snapshots after the test-loss minimum; inconclusive when test loss never rises",
-        )
+        claim = _overfitting_claim(epochs, table, claim_seed_of(s, NAME, "rising"))
     with timer.phase("report"):
         figs = [
             (
