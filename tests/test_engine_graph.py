@@ -358,8 +358,8 @@ def test_explicit_directions_match_projection_reference(layers: str) -> None:
     raw = {"relu": torch.randn(10, 10, generator=g), "relu_1": torch.randn(5, 8, generator=g)}
     chosen = {k: v for k, v in raw.items() if layers == "all" or k == layers}
     df, plan = _check_curves(model, x, layers, directions=chosen)
-    # a partial basis at the second site is stacked; one site or site 1 alone walk
-    assert plan.path == {"all": "stacked", "relu_1": "cumsum", "relu": "stacked"}[layers]
+    # a partial basis at the second site rules out the walk (segments instead); one site: cumsum
+    assert plan.path == {"all": "segments", "relu_1": "cumsum", "relu": "stacked"}[layers]
     _check_curves(model, x, layers, directions=chosen, value="mean", orderings=1)
     full = {"relu": raw["relu"], "relu_1": torch.randn(8, 8, generator=g)}
     df, plan = _check_curves(model, x, "all", directions=full)
@@ -541,3 +541,69 @@ def test_mlp_chain_description_reproduces_the_model() -> None:
             torch.testing.assert_close(chain_logits(chain, h0), model(x), rtol=1e-5, atol=1e-5)
     engine = setup(model, (x, y), "1", None, torch.device("cpu"), torch.float32)
     assert isinstance(mlp_chain(engine.runner, engine.specs), str)  # site 1 is a pre-activation
+
+
+# ------------------------------------------------------------------------------- segments
+def _conv11() -> nn.Module:
+    from singledir.models import ConvNet11
+
+    torch.manual_seed(0)
+    return _centered(_random_bn(ConvNet11(3, 5, batchnorm=True, width=1 / 16)), (3, 8, 8))
+
+
+@pytest.mark.parametrize("value", ["zero", "mean"])
+def test_segments_on_convnet_last_three_sites(value: str) -> None:
+    """Paper Fig. 2b/c: ConvNet11's last three sites, every level: one pass per event at
+    the first two sites, rank-1 logit terms for the third."""
+    x, _ = _data((3, 8, 8), n=24)
+    _, plan = _check_curves(
+        _conv11(), x, "last3", value=value, orderings=2 if value == "zero" else 1
+    )
+    assert (plan.runner, plan.path) == ("chain", "segments")
+    _, plan = _check_curves(_conv11(), x, "last3", levels=9, orderings=1)
+    assert plan.path == "stacked"  # few levels: one pass per level is less work
+
+
+class _Residual(nn.Module):
+    """A small residual conv net: the first site feeds two branches (an fx cut, not a
+    chain), the last reaches the logits through pooling and a Linear layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3 = (
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.Conv2d(4, 3, 3, padding=1),
+            nn.Conv2d(3, 4, 1),
+        )
+        self.a1, self.a2, self.a3 = nn.ReLU(), nn.ReLU(), nn.ReLU()
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.a1(self.conv1(x))
+        z = self.a2(self.conv2(h))
+        h = self.a3(h + self.conv3(z))
+        return self.head(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def test_segments_through_an_fx_cut_and_with_directions() -> None:
+    torch.manual_seed(2)
+    net = _centered(_random_bn(_Residual()), (2, 5, 5))
+    x, _ = _data((2, 5, 5), n=24, classes=3)
+    for value in ("zero", "mean"):
+        _, plan = _check_curves(net, x, "all", value=value, orderings=1)
+        assert (plan.runner, plan.path) == ("fx", "segments")
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Linear(6, 7),
+        nn.ReLU(),
+        nn.Linear(7, 6),
+        nn.ReLU(),
+        nn.Linear(6, 5),
+        nn.ReLU(),
+        nn.Linear(5, 3),
+    )
+    model = _centered(_random_bn(model), (6,)).double()
+    xd = _data((6,), n=30, classes=3)[0].double()
+    _, plan = _check_curves(model, xd, "all", directions="random")
+    assert plan.path == "segments"  # three sites, float64: no native walk
+    _check_curves(model, xd, "all", value="mean", orderings=1)

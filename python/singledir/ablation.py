@@ -40,6 +40,7 @@ from singledir.engine.plan import (
 )
 from singledir.engine.runners import ChainRunner
 from singledir.engine.scoring import score_per_class, seed_for
+from singledir.engine.segments import segment_curves
 from singledir.engine.stacked import stacked_curves, unit_fill, unit_moments
 from singledir.engine.walk import cumsum_curves, walk_curves
 from singledir.errors import InputError
@@ -284,6 +285,9 @@ def ablation_curves(
         elif fast is not None and plan.path == "cumsum":
             assert isinstance(runner, ChainRunner) and fast.tail is not None
             correct, loss = cumsum_curves(engine, runner, fast.tail, *args)
+        elif fast is not None and plan.path == "segments":
+            assert fast.tail is not None
+            correct, loss = segment_curves(engine, fast.tail, *args)
         elif fast is not None:
             assert isinstance(runner, ChainRunner) and fast.chain1 is not None
             assert fast.tail is not None

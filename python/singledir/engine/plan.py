@@ -10,6 +10,8 @@
   rank-1 (per-channel) update, chosen when the work estimate is below stacked masks;
 - ``native-walk``: the chain to the logits is Linear [BN] layers with ReLUs between them
   over 2-D activations, on CPU in float32: the Rust walk (:mod:`singledir.engine.native_walk`);
+- ``segments``: two or more sites where no walk applies but the last site has an affine
+  tail: one stacked pass per earlier-site event, rank-1 logit terms for the last site;
 - ``stacked``: stacked masks through the cached suffix (chain, fx cut or hooks).
 
 The decision depends only on the graph (not on how the model is written) and is returned
@@ -43,8 +45,8 @@ DEFAULT_BATCH = 1024
 @dataclass(frozen=True)
 class Plan:
     """Which path a model takes: ``runner`` (``chain``, ``fx`` or ``hooks``), ``path``
-    (``native-walk``, ``cumsum``, ``walk``, ``walk-linear``, ``stacked``), the sites with
-    their unit axes and unit counts, and the reasons for both choices."""
+    (``native-walk``, ``cumsum``, ``walk``, ``walk-linear``, ``segments``, ``stacked``),
+    the sites with their unit axes and unit counts, and the reasons for both choices."""
 
     runner: str
     path: str
@@ -286,6 +288,18 @@ def stacked_cost(st: Setup, chain1: Chain) -> float:
     return 2 * _layer_macs(chain1.layer, pre) + 4 * pre + 2 * s2.n_units * st.n_classes
 
 
+def _segments_or(st: Setup, n_levels: int | None, why_not_walk: str) -> FastPath | str:
+    """The segmented path when it applies and does fewer passes than one per level."""
+    from singledir.engine.segments import segment_count, segment_tail
+
+    tail = segment_tail(st)
+    if isinstance(tail, str):
+        return f"{why_not_walk}; {tail}"
+    if n_levels is not None and segment_count(st) >= n_levels:
+        return f"{why_not_walk}; few levels: one pass per level is less work than segments"
+    return FastPath("segments", None, tail)
+
+
 def plan_curves(st: Setup, n_levels: int | None, method: str) -> tuple[Plan, FastPath | None]:
     """The plan of the curves (and the fast path's chains when there is one)."""
     native = native_chain(st, method)
@@ -295,6 +309,8 @@ def plan_curves(st: Setup, n_levels: int | None, method: str) -> tuple[Plan, Fas
         found = FastPath("native-walk", None, None, native)
     else:
         found = fast_path(st, n_levels)
+        if isinstance(found, str) and len(st.specs) >= 2:
+            found = _segments_or(st, n_levels, found)
     path = found.name if isinstance(found, FastPath) else "stacked"
     reason = (
         {
@@ -302,6 +318,8 @@ def plan_curves(st: Setup, n_levels: int | None, method: str) -> tuple[Plan, Fas
             "walk": "two sites linked by an affine layer: incremental walk",
             "walk-linear": "two sites, Linear then ReLU: incremental walk over kept units",
             "native-walk": "an MLP chain of 2-D activations on CPU: the Rust walk",
+            "segments": "the last site has an affine tail: one pass per earlier-site event, "
+            "rank-1 logit terms for the last site",
         }[path]
         if isinstance(found, FastPath)
         else f"stacked masks ({found})"

@@ -24,7 +24,6 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from singledir.engine.graph import is_activation_node
 from singledir.errors import InputError, SiteError
 from singledir.sites import Located, SiteSpec, site_hooks
 
@@ -105,6 +104,9 @@ class Runner:
     stack of masks."""
 
     kind = "base"
+    # ops from the last site to the logits when they form a chain (``tail_ops[0]`` is the
+    # site itself), for the paths that treat the last site's tail as affine
+    tail_ops: list[ChainOp] | None = None
 
     def prefix(self, x: torch.Tensor) -> Any:
         raise NotImplementedError
@@ -440,8 +442,10 @@ def make_runner(
         return HookRunner(model, specs), "the fx graph does not reproduce the model: hooks"
     chain = extract_chain(gm, located.nodes, sample)
     if isinstance(chain, str):
+        tail = extract_chain(gm, located.nodes[-1:], sample)
+        fx_runner.tail_ops = None if isinstance(tail, str) else tail[0]
         return fx_runner, f"fx cut ({chain})"
     ops, pos = chain
-    if any(is_activation_node(gm, n) and n.op != "call_module" for n in located.nodes):
-        pass  # activation calls are chain ops like modules
-    return ChainRunner(fx_runner, ops, pos), "chain of ops after the first site"
+    chain_runner = ChainRunner(fx_runner, ops, pos)
+    chain_runner.tail_ops = ops[pos[-1] :]
+    return chain_runner, "chain of ops after the first site"

@@ -35,12 +35,19 @@ from singledir.engine.scoring import chunk_count, score, score_classes_first, sc
 from singledir.progress import make_progress
 from singledir.sites import SiteSpec
 
-__all__ = ["cumsum_curves", "walk_curves", "walk_linear_curves", "run_chunks", "TILE"]
+__all__ = [
+    "cumsum_curves",
+    "walk_curves",
+    "walk_linear_curves",
+    "run_chunks",
+    "tail_affine",
+    "TILE",
+]
 
 TILE = 1 << 20  # elements per dense op of the incremental walk (keeps it in cache)
 
 
-def _tail_affine(
+def tail_affine(
     ops: Sequence[ChainOp], chain: Chain, spec: SiteSpec, fill: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """For an affine tail (site -> logits): weight ``(units, classes)`` acting on the
@@ -76,7 +83,7 @@ def cumsum_curves(
     per-unit contributions taken in ordering order (float64 accumulation)."""
     spec = setup_.specs[0]
     n_ord, n = orders.shape
-    wt, bias, fill_r = _tail_affine(runner.ops, tail, spec, fills[0])
+    wt, bias, fill_r = tail_affine(runner.ops, tail, spec, fills[0])
     n_cls = wt.shape[1]
     level_idx = torch.as_tensor(levels, device=setup_.device)
     orders_d = orders.to(setup_.device)
@@ -132,7 +139,7 @@ def walk_curves(
     p2 = runner.site_pos[1]
     mid = ops[chain1.end : p2 + 1]
     relu_mid = len(mid) == 1 and mid[0].kind == "relu"
-    wt, bias, fill_r2 = _tail_affine(ops, tail, s2, fills[1])  # (n2, C), (C,), (n2,)
+    wt, bias, fill_r2 = tail_affine(ops, tail, s2, fills[1])  # (n2, C), (C,), (n2,)
     wt_t = wt.t().contiguous()  # (C, n2)
     n_cls = wt.shape[1]
 
