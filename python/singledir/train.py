@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,10 +46,9 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from singledir.checkpoint import save_checkpoint
-from singledir.data import ImageFolderData, LabeledData, check_data_dir, load_dataset
+from singledir.data import LabeledData, check_data_dir, load_dataset
 from singledir.devices import resolve_device
 from singledir.early_stopping import EarlyStopping
 from singledir.errors import ConfigError, SiteError
@@ -63,6 +62,7 @@ from singledir.train_config import (
     TrainConfig,
     lr_factor,
 )
+from singledir.train_data import AnyData, eval_batches, split_validation, train_batches
 from singledir.train_outputs import (
     BEST_FILES,
     check_previous,
@@ -116,22 +116,6 @@ class TrainResult:
         return self.metrics.height > 0 and int(self.metrics["epoch"][-1]) < self.config.epochs
 
 
-AnyData = LabeledData | ImageFolderData
-
-
-def _batches(data: AnyData, batch_size: int, device: torch.device) -> Iterator[tuple[Any, Any]]:
-    """Evaluation batches ``(x, y)`` on ``device`` in dataset order (and true labels)."""
-    if isinstance(data, LabeledData):
-        for start in range(0, len(data), batch_size):
-            yield (
-                data.x[start : start + batch_size].to(device, non_blocking=True),
-                data.y[start : start + batch_size].to(device, non_blocking=True),
-            )
-    else:
-        for xb, yb in data.loader(batch_size, shuffle=False):
-            yield xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
-
-
 @torch.no_grad()
 def _eval_pass(
     model: nn.Module, data: AnyData, batch_size: int, device: torch.device
@@ -143,7 +127,7 @@ def _eval_pass(
     correct_true = torch.zeros((), dtype=torch.int64, device=device)
     true_y = data.true_y.to(device)
     pos = 0
-    for xb, yb in _batches(data, batch_size, device):
+    for xb, yb in eval_batches(data, batch_size, device):
         out = model(xb)
         loss += F.cross_entropy(out, yb, reduction="sum").double()
         pred = out.argmax(1)
@@ -248,7 +232,7 @@ def train(
         **common,
     )
     test_data = load_dataset(cfg.dataset, "test", test_size=cfg.test_size, **common)
-    train_data, val_data = _split_validation(cfg, train_data)
+    train_data, val_data = split_validation(cfg, train_data)
     if isinstance(train_data, LabeledData):
         train_data = train_data.to(device)
     if isinstance(test_data, LabeledData):
@@ -273,31 +257,6 @@ def train(
             return run.go(resume, progress, on_epoch, start_time)
     finally:
         torch.set_num_threads(previous_threads)
-
-
-def _split_validation(cfg: TrainConfig, data: Any) -> tuple[Any, LabeledData | None]:
-    """(training part, validation split) of the training set (see the module docstring)."""
-    from singledir.monitor import seeded_subset, take_samples
-
-    needs_memory = cfg.val_fraction > 0 or cfg.monitors_auc
-    if needs_memory and not isinstance(data, LabeledData):
-        raise ConfigError(
-            f"the AUC monitor and the validation split need an in-memory dataset, not "
-            f"{cfg.dataset}: drop --auc-every/--val-fraction or use another --dataset"
-        )
-    if cfg.val_fraction <= 0:
-        return data, None
-    n = len(data)
-    n_val = int(round(cfg.val_fraction * n))
-    if not 1 <= n_val < n - 1:
-        raise ConfigError(
-            f"val_fraction {cfg.val_fraction} of {n} training samples leaves no validation "
-            "or no training samples: choose a fraction such as 0.1"
-        )
-    val_idx = seeded_subset(n, n_val, cfg.data_seed)
-    keep = torch.ones(n, dtype=torch.bool)
-    keep[val_idx] = False
-    return take_samples(data, keep.nonzero().flatten()), take_samples(data, val_idx)
 
 
 class _Run:
@@ -350,7 +309,7 @@ class _Run:
             return None
         from singledir.regularizers import SelectivityRegularizer
 
-        sample = next(_batches(self.train_data, 2, self.device))[0]
+        sample = next(eval_batches(self.train_data, 2, self.device))[0]
         try:
             return SelectivityRegularizer(
                 self.model,
@@ -506,7 +465,7 @@ class _Run:
         correct_true = torch.zeros((), dtype=torch.int64, device=device)
         seen = 0
         status_every = max(1, n_batches // 20)
-        batches = _train_batches(self.train_data, self.cfg.batch_size, self.gen, device, epoch)
+        batches = train_batches(self.train_data, self.cfg.batch_size, self.gen, device, epoch)
         if reg is not None:
             reg.__enter__()
         try:
@@ -557,52 +516,3 @@ class _Run:
             va = _eval_pass(self.model, self.val_data, bs, dev)
             row.update(val_loss=va[0], val_acc=va[1])
         return row
-
-
-def _train_batches(
-    data: AnyData, batch_size: int, gen: torch.Generator, device: torch.device, epoch: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Shuffled training batches ``(x, y, true_y)`` on ``device``."""
-    if isinstance(data, LabeledData):
-        n = len(data)
-        perm = torch.randperm(n, generator=gen).to(data.x.device)
-        for start in range(0, n, batch_size):
-            idx = perm[start : start + batch_size]
-            if idx.shape[0] == 1 and n > 1:
-                break  # batch norm cannot train on a single sample
-            yield (
-                data.x.index_select(0, idx),
-                data.y.index_select(0, idx),
-                data.true_y.index_select(0, idx),
-            )
-    else:
-        seed = int(torch.randint(0, 2**62, (1,), generator=gen))
-        loader: DataLoader[Any] = DataLoader(
-            _WithTrueLabels(data.dataset, data.true_y),
-            batch_size=batch_size,
-            shuffle=True,
-            generator=torch.Generator().manual_seed(seed),
-            num_workers=data.num_workers,
-            pin_memory=device.type == "cuda",
-        )
-        for xb, yb, tb in loader:
-            yield (
-                xb.to(device, non_blocking=True),
-                yb.to(device, non_blocking=True),
-                tb.to(device, non_blocking=True),
-            )
-
-
-class _WithTrueLabels(Dataset[tuple[torch.Tensor, int, int]]):
-    """A streamed dataset's ``(image, label)`` items with the true label appended."""
-
-    def __init__(self, dataset: Any, true_y: torch.Tensor) -> None:
-        self.dataset = dataset
-        self.true_y = true_y.tolist()
-
-    def __len__(self) -> int:
-        return len(self.true_y)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        x, y = self.dataset[i]
-        return x, int(y), int(self.true_y[i])
