@@ -239,6 +239,30 @@ def test_bracketed_site_names_are_printed_intact(
     _refused(argv, capsys, tmp_path, "relu[1]")
 
 
+@pytest.mark.parametrize("command", [*FILE_OUTPUTS, "train"])
+def test_bracketed_paths_in_results_are_printed_intact(
+    command: str, files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from singledir.cli.app import main
+
+    name = "run[ray][bold]" + ("" if command == "train" else ".parquet")
+    argv = _base(command, files, tmp_path / name)
+    argv = [a for a in argv if a not in ("-q", "--quiet")]
+    if command in ("ablate", "noise"):
+        argv += ["--no-plot", "--orderings", "1"] if command == "ablate" else ["--no-plot"]
+    old = sys.argv
+    sys.argv = ["singledir", *argv]
+    try:
+        main()
+    except SystemExit as exc:
+        assert not exc.code, capsys.readouterr().err
+    finally:
+        sys.argv = old
+    captured = capsys.readouterr()  # train reports on stderr, beside its progress bar
+    printed = "".join((captured.out + captured.err).split())  # rich may wrap long paths
+    assert name in printed
+
+
 # --------------------------------------------------------------------------- order of work
 
 

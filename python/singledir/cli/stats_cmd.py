@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from singledir.cli.options import any_int, seed_int
+from singledir.cli.options import any_int, plain, say, seed_int
 from singledir.errors import ConfigError
 
 _out = Console()
@@ -84,14 +84,16 @@ def stats(
         .rows()
     )
     mi_unit = "MI / H(class)" if normalize else "MI (bits)"
-    grid = Table(title=f"singledir stats: {activations}", title_justify="left")
+    grid = Table(title=plain(f"singledir stats: {activations}"), title_justify="left")
     grid.add_column("layer")
     grid.add_column("units", justify="right")
     grid.add_column("mean SI", justify="right")
     grid.add_column("median SI", justify="right")
     grid.add_column(f"mean {mi_unit}", justify="right")
     for layer, units, mean_si, median_si, mean_mi in summary:
-        grid.add_row(str(layer), str(units), f"{mean_si:.3f}", f"{median_si:.3f}", f"{mean_mi:.4f}")
+        grid.add_row(
+            plain(layer), str(units), f"{mean_si:.3f}", f"{median_si:.3f}", f"{mean_mi:.4f}"
+        )
     _out.print(grid)
     extra = f", {shuffles} shuffles, seed {seed}" if shuffles else ""
-    _out.print(f"wrote {out} ({table.height} rows; {bins} {binning} bins{extra})", highlight=False)
+    say(f"wrote {out} ({table.height} rows; {bins} {binning} bins{extra})")

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from singledir.cli.options import any_int, bounded_float, bounded_int, seed_int
+from singledir.cli.options import any_int, bounded_float, bounded_int, fail, seed_int
 from singledir.errors import ConfigError
 
 _COUNT = bounded_int(1)
@@ -219,11 +219,7 @@ def train_command(
             if state.exists()
             else "no epoch had finished yet"
         )
-        console.print(
-            f"[bold red]interrupted:[/] {where}; run the same command again to resume",
-            highlight=False,
-            soft_wrap=True,
-        )
+        fail(f"{where}; run the same command again to resume", label="interrupted:")
         raise
     if quiet:
         typer.echo(str(result.checkpoint))
@@ -265,9 +261,11 @@ def train_command(
                 f"best {name}: epoch {b['epoch']} ({column} {b[column]:.4f}, test acc "
                 f"{b['test_acc']:.2%}) -> {path}",
                 highlight=False,
+                markup=False,  # paths may hold brackets
             )
     console.print(
         f"checkpoint {result.checkpoint}  metrics {result.out_dir / 'metrics.parquet'}  "
         f"snapshots {len(result.snapshots)}  ({result.seconds:.1f} s)",
         highlight=False,
+        markup=False,  # paths may hold brackets
     )
