@@ -607,3 +607,21 @@ def test_segments_through_an_fx_cut_and_with_directions() -> None:
     _, plan = _check_curves(model, xd, "all", directions="random")
     assert plan.path == "segments"  # three sites, float64: no native walk
     _check_curves(model, xd, "all", value="mean", orderings=1)
+
+
+def test_a_shared_module_call_is_a_site_by_its_node_name() -> None:
+    """torchvision blocks call one ReLU module twice: as a module it is refused, but each
+    call is a graph node (``layer4_1_relu_1`` = the block's output) and can be ablated."""
+    from singledir.models import resnet
+
+    torch.manual_seed(0)
+    net = _centered(_random_bn(resnet(18, num_classes=5, small_input=True)), (3, 8, 8))
+    x, _ = _data((3, 8, 8), n=12)
+    with pytest.raises(SiteError, match="runs 2 times"):
+        ablation_curves(
+            net, (x, torch.zeros(12, dtype=torch.long)), "layer4.1.relu", progress=False
+        )
+    spec = site_specs(net, ["layer4_1_relu_1"], x[:2])[0]
+    assert (spec.kind, spec.n_units, spec.unit_dim) == ("module", 512, 1)
+    _, plan = _check_curves(net, x, "layer4_1_relu_1", levels=5, orderings=1)
+    assert plan.runner == "chain"

@@ -408,11 +408,10 @@ def locate_sites(
                 f"{tuple(out.shape)}): pass unit_dim={{{name!r}: D}} (CLI: --unit-dim {name}=D)"
             )
         shape = tuple(int(s) for s in out.shape[1:])
-        kind = (
-            "module"
-            if gm is None or name in modules
-            else ("method" if nodes is not None and nodes[k].op == "call_method" else "function")
-        )
+        kind = "module"
+        if gm is not None and nodes is not None and name not in modules:
+            op = nodes[k].op
+            kind = {"call_method": "method", "call_module": "module"}.get(op, "function")
         specs.append(
             SiteSpec(
                 name=name,

@@ -131,6 +131,11 @@ class FxRunner(Runner):
         if any(i < self.cut for i in self.site_at):
             raise SiteError("sites are not in forward order")
         later = set(self.nodes[self.cut + 1 :])
+        # values that carry the batch (parameters and constants are never repeated)
+        self.batched: set[fx.Node] = set()
+        for n in self.nodes:
+            if n.op == "placeholder" or any(a in self.batched for a in n.all_input_nodes):
+                self.batched.add(n)
         self.live = [
             n
             for n in self.nodes[: self.cut + 1]
@@ -148,7 +153,12 @@ class FxRunner(Runner):
         batch = state[cut_node].shape[0]
         env: dict[fx.Node, Any] = {}
         for n, v in state.items():
-            if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == batch:
+            if (
+                n in self.batched
+                and isinstance(v, torch.Tensor)
+                and v.ndim >= 1
+                and v.shape[0] == batch
+            ):
                 v = repeat_rows(v, reps)
             env[n] = v
         env[cut_node] = canonical_edit(edit, 0, env[cut_node], self.unit_dims[0])

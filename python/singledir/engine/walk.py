@@ -13,9 +13,10 @@
 
 On CPU, sample chunks run on a thread pool with single-threaded torch ops.
 
-K > 2 sites are walked as stacked masks today (see ``plan.fast_path``); the general K-site
-walk (an event at site k updating its consumer, recomputing only after the next
-nonlinearity) is not built yet.
+Three or more sites take the segmented path (:mod:`singledir.engine.segments`: rank-1
+terms for the last site only) or stacked masks; the general K-site walk (an event at any
+site a rank-1 update of its consumer, recomputing only after the next nonlinearity) is not
+built yet.
 """
 
 from __future__ import annotations
