@@ -9,6 +9,8 @@ import pytest
 import reference as ref
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from singledir import (
     AUCMonitor,
     SelectivityRegularizer,
@@ -220,9 +222,9 @@ def test_regularizer_gradient_matches_finite_differences():
     for _ in range(12):
         i, j = (int(torch.randint(0, s, (1,), generator=g)) for s in w.shape)
         w.data[i, j] += h
-        up = float(penalty())
+        up = penalty().item()
         w.data[i, j] -= 2 * h
-        down = float(penalty())
+        down = penalty().item()
         w.data[i, j] += h
         assert (up - down) / (2 * h) == pytest.approx(float(grad[i, j]), rel=1e-4, abs=1e-8)
     # The value is -alpha times the mean index over both sites' pooled units.
@@ -241,3 +243,70 @@ def test_regularizer_refuses_a_model_without_sites():
     reg = SelectivityRegularizer(UserNet(), 1.0, 10)
     with pytest.raises(SiteError, match="inside the regularizer"):
         reg.penalty(torch.zeros(3, dtype=torch.long))
+
+
+class SeqNet(nn.Module):
+    """A sequence model over (N, T, C) features: the units are the last dimension."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, 12)
+        self.act1 = nn.ReLU()
+        self.mix = nn.Linear(12, 6)
+        self.act2 = nn.ReLU()
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act2(self.mix(self.act1(self.embed(x))))
+        return self.head(h.mean(1))
+
+
+def test_regularizer_on_a_sequence_model_uses_the_feature_axis():
+    torch.manual_seed(0)
+    model = SeqNet().double()
+    x = torch.randn(30, 5, 4, dtype=torch.float64)
+    y = torch.arange(30) % 3
+    reg = SelectivityRegularizer(model, alpha=2.0, num_classes=3, sample_x=x[:2])
+    assert reg.sites == ["act1", "act2"] and reg.unit_dims == {"act1": 2, "act2": 2}
+    with reg:
+        model(x)
+        outs = {k: v.detach() for k, v in reg._outputs.items()}
+        value = reg.penalty(y)
+    # Each feature's activity is its mean over the T positions.
+    per_site = [_numpy_si(outs[s].mean(1).numpy(), y.numpy(), reg.eps) for s in reg.sites]
+    assert float(value) == pytest.approx(-2.0 * np.concatenate(per_site).mean(), rel=1e-12)
+    assert batch_class_selectivity(outs["act1"], y, 3, unit_dim=-1).shape == (12,)
+
+
+class FunctionalNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(64, 16)
+        self.head = nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.fc(x.flatten(1))))
+
+
+def test_regularizer_refuses_function_call_sites_with_the_fix():
+    with pytest.raises(SiteError, match="function call in forward") as exc:
+        SelectivityRegularizer(FunctionalNet(), 1.0, 10, sample_x=torch.randn(2, 1, 8, 8))
+    assert "\n" not in str(exc.value) and "nn.ReLU" in str(exc.value)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(4, 40),
+    units=st.integers(1, 6),
+    classes=st.integers(2, 5),
+    positions=st.integers(1, 3),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_batch_selectivity_property(n, units, classes, positions, seed):
+    g = torch.Generator().manual_seed(seed)
+    acts = torch.rand(n, units, positions, generator=g, dtype=torch.float64)
+    labels = torch.randint(0, classes, (n,), generator=g)
+    labels[:2] = torch.tensor([0, 1])  # at least two classes present
+    si = batch_class_selectivity(acts, labels, classes)
+    np.testing.assert_allclose(si.numpy(), _numpy_si(acts.numpy(), labels.numpy(), 1e-6))
+    assert bool(((si >= 0) & (si <= 1)).all())

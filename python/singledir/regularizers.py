@@ -16,7 +16,7 @@ is over all units of the chosen sites pooled. Use it in any loop::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -31,14 +31,20 @@ SELECTIVITY_EPS = 1e-6
 
 
 def batch_class_selectivity(
-    acts: torch.Tensor, labels: torch.Tensor, num_classes: int, eps: float = SELECTIVITY_EPS
+    acts: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    eps: float = SELECTIVITY_EPS,
+    unit_dim: int = 1,
 ) -> torch.Tensor:
     """Class selectivity of every unit of one batch, differentiable in ``acts``.
 
     Parameters
     ----------
     acts:
-        ``(batch, units, ...)`` activity; dimensions after the units are averaged.
+        ``(batch, ...)`` activity with the units along ``unit_dim`` (1: ``(N, C, H, W)``
+        channels; -1: features of ``(N, T, C)`` sequences); every other dimension but the
+        batch is averaged (positions).
     labels:
         ``(batch,)`` class indices in ``0..num_classes-1``.
     num_classes, eps:
@@ -50,7 +56,8 @@ def batch_class_selectivity(
         ``(units,)``: ``(mu_max - mu_rest) / (mu_max + mu_rest + eps)`` over the classes
         present in the batch; zeros (no gradient) when fewer than two classes are present.
     """
-    a = acts.flatten(2).mean(2) if acts.ndim > 2 else acts
+    a = acts.movedim(unit_dim, 1) if unit_dim % acts.ndim != 1 else acts
+    a = a.flatten(2).mean(2) if a.ndim > 2 else a
     onehot = F.one_hot(labels.long(), int(num_classes)).to(a.dtype)  # (B, K)
     counts = onehot.sum(0)
     present = counts > 0
@@ -78,7 +85,13 @@ class SelectivityRegularizer:
     layers:
         Sites as in :func:`singledir.resolve_sites` (``"all"``: the model's default sites).
     sample_x:
-        An input batch that orders the sites and checks each runs once per pass.
+        An input batch: the sites are then located as the ablation engine does (forward
+        order, each runs once, the unit axis inferred from the neighbouring operations, e.g.
+        the last dim of a sequence Linear's ``(N, T, C)`` output). Without one, units are
+        along ``unit_dim``.
+    unit_dim:
+        The unit axis (an int for every site, or a dict ``site -> dim``); overrides the
+        inferred one. Default: inferred with ``sample_x``, else 1.
     eps:
         Added to the denominator of the index.
 
@@ -96,17 +109,38 @@ class SelectivityRegularizer:
         layers: str | Sequence[str] = "all",
         *,
         sample_x: torch.Tensor | None = None,
+        unit_dim: int | Mapping[str, int] | None = None,
         eps: float = SELECTIVITY_EPS,
     ) -> None:
-        from singledir.sites import default_sites, resolve_sites
+        from singledir.sites import default_sites, locate_sites, resolve_sites
 
         if layers in ("all", "") and not default_sites(model, sample_x):
             raise SiteError(
                 f"the selectivity regularizer found no sites in {type(model).__name__} "
-                "(no ReLU modules): name the layers to regularize (selectivity_layers, "
+                "(no activations): name the layers to regularize (selectivity_layers, "
                 "--selectivity-layers)"
             )
-        self.sites = resolve_sites(model, layers, sample_x=sample_x)
+        if sample_x is not None:
+            with torch.no_grad():
+                specs = locate_sites(model, layers, sample_x, unit_dim=unit_dim).specs
+            self.sites = [spec.name for spec in specs]
+            self.unit_dims = {spec.name: spec.unit_dim for spec in specs}
+            kinds = {spec.name: spec.kind for spec in specs}
+        else:
+            self.sites = resolve_sites(model, layers)
+            self.unit_dims = {
+                name: int(unit_dim.get(name, 1) if isinstance(unit_dim, Mapping) else unit_dim or 1)
+                for name in self.sites
+            }
+            kinds = {}
+        modules = dict(model.named_modules())
+        calls = [n for n in self.sites if kinds.get(n, "module") != "module" or n not in modules]
+        if calls:
+            raise SiteError(
+                f"the selectivity regularizer hooks modules, and {', '.join(calls)} is a "
+                "function call in forward: use an nn.ReLU (or other activation) module there, "
+                "or name module sites"
+            )
         self.model = model
         self.alpha = float(alpha)
         self.num_classes = int(num_classes)
@@ -140,7 +174,9 @@ class SelectivityRegularizer:
                 "inside the regularizer's with-block, with gradients on, before the penalty"
             )
         parts = [
-            batch_class_selectivity(self._outputs[s], labels, self.num_classes, self.eps)
+            batch_class_selectivity(
+                self._outputs[s], labels, self.num_classes, self.eps, self.unit_dims[s]
+            )
             for s in self.sites
         ]
         self._outputs.clear()
