@@ -63,6 +63,16 @@ def test_train_split_is_the_one_training_measured(trained: Path) -> None:
     assert info.split == "train" and info.train_size == 300 and info.test_size is None
 
 
+def test_train_split_leaves_out_the_validation_split(tmp_path: Path) -> None:
+    run = train(TrainConfig(**{**RUN, "val_fraction": 0.25}), tmp_path / "r", progress=False)
+    meta = load_checkpoint(run.checkpoint).meta
+    model, data, info = load_for_evaluation(run.checkpoint, "train")
+    assert len(data) == info.n_samples == meta["num_train"] == 300 - 75
+    full = load_dataset("digits", "train", train_size=300, seed=5, corrupt=0.4, corrupt_seed=9)
+    assert set(data.indices.tolist()) < set(full.indices.tolist())
+    assert _accuracy(model, data.x, data.y) == pytest.approx(meta["metrics"]["train_acc"])
+
+
 def test_test_split_is_never_corrupted(trained: Path) -> None:
     model, data, info = load_for_evaluation(trained, "test")
     assert torch.equal(data.y, data.true_y) and info.corrupt == 0.0

@@ -84,8 +84,10 @@ def load_split(
 
     ``dataset``, ``data_dir``, ``train_size`` and ``test_size`` override the recorded values.
     Evaluating on another data set than the recorded one drops the recorded label corruption
-    (it belongs to the other set). A recorded folder that no longer exists (a checkpoint from
-    another machine) falls back to ``$SINGLEDIR_DATA``; a folder given here must exist.
+    (it belongs to the other set). The training split of a run that held out a validation
+    split (``val_fraction``) is the part it trained on. A recorded folder that no longer
+    exists (a checkpoint from another machine) falls back to ``$SINGLEDIR_DATA``; a folder
+    given here must exist.
     """
     from singledir.data import load_dataset
 
@@ -119,6 +121,17 @@ def load_split(
     data = load_dataset(str(name), split, **kwargs)
     if len(data) == 0:
         raise DataError(f"the {split} split of {name} holds no samples: choose another split")
+    same_draw = dataset in (None, meta.dataset) and train_size is None
+    if split == "train" and meta.val_fraction > 0 and same_draw:
+        # The net trained on the training set less its validation split: hold that out again,
+        # by training's own rule.
+        from singledir.train import TrainConfig
+        from singledir.train_data import split_validation
+
+        rule = TrainConfig(
+            dataset=str(name), val_fraction=meta.val_fraction, data_seed=meta.data_seed
+        )
+        data, _validation = split_validation(rule, data)
     return data
 
 
