@@ -12,7 +12,8 @@ _HEAVY = ("torch", "torchvision", "matplotlib", "sklearn")
 
 
 def _loaded_after(code: str) -> set[str]:
-    probe = f"{code}\nimport sys\nprint('LOADED=' + ','.join(m for m in {_HEAVY!r} if m in sys.modules))"
+    heavy = f"[m for m in {_HEAVY!r} if m in sys.modules]"
+    probe = f"{code}\nimport sys\nprint('LOADED=' + ','.join({heavy}))"
     run = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
     )
