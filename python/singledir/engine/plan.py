@@ -230,28 +230,28 @@ def _chain_at(runner: ChainRunner, spec: SiteSpec, k: int) -> Chain | None:
     return parse_chain(runner.ops, runner.site_pos[k], len(spec.shape) + 1, spec.basis)
 
 
-def fast_path(st: Setup, n_levels: int | None) -> FastPath | str:
+def fast_path(engine: Setup, n_levels: int | None) -> FastPath | str:
     """The incremental path for the curves, or the reason there is none."""
-    runner = st.runner
+    runner = engine.runner
     if not isinstance(runner, ChainRunner):
-        return f"the graph after the first site is not a chain of ops ({st.runner_reason})"
-    if len(st.specs) > 2:
+        return f"the graph after the first site is not a chain of ops ({engine.runner_reason})"
+    if len(engine.specs) > 2:
         return "more than two sites: the walk covers one or two"
-    if any(s.unit_dim != 1 for s in st.specs):
+    if any(s.unit_dim != 1 for s in engine.specs):
         return "a site's unit axis is not dim 1 (tokens or positions first)"
-    last = len(st.specs) - 1
-    tail = _chain_at(runner, st.specs[last], last)
+    last = len(engine.specs) - 1
+    tail = _chain_at(runner, engine.specs[last], last)
     if tail is None or tail.end != len(runner.ops):
         return "the ops after the last site are not one affine layer to the logits"
-    if len(st.specs) == 1:
+    if len(engine.specs) == 1:
         return FastPath("cumsum", None, tail)
-    chain1 = _chain_at(runner, st.specs[0], 0)
+    chain1 = _chain_at(runner, engine.specs[0], 0)
     if chain1 is None or chain1.end > runner.site_pos[1]:
         return "the ops after the first site are not one affine layer before the second"
     mid = runner.ops[chain1.end : runner.site_pos[1] + 1]
     if any(op.kind not in ("relu", "pass") for op in mid):
         return "the second site is not a ReLU of the first site's affine layer"
-    s2 = st.specs[1]
+    s2 = engine.specs[1]
     if s2.basis is not None and s2.n_units != s2.width:
         return "the second site has fewer directions than units (walk needs a full basis)"
     linear = (
@@ -261,7 +261,7 @@ def fast_path(st: Setup, n_levels: int | None) -> FastPath | str:
         and len(s2.shape) == 1
         and s2.basis is None
     )
-    if n_levels is not None and walk_cost(st, chain1) > n_levels * stacked_cost(st, chain1):
+    if n_levels is not None and walk_cost(engine, chain1) > n_levels * stacked_cost(engine, chain1):
         return "few levels: stacking the masks does less work than walking every event"
     return FastPath("walk-linear" if linear else "walk", chain1, tail)
 
@@ -273,44 +273,44 @@ def _layer_macs(layer: nn.Module, out_numel: int) -> int:
     return int(out_numel * (w.numel() // w.shape[0]))
 
 
-def walk_cost(st: Setup, chain1: Chain) -> float:
+def walk_cost(engine: Setup, chain1: Chain) -> float:
     """Rough per-sample, per-ordering work of the two-site walk (element operations)."""
-    s1, s2 = st.specs
+    s1, s2 = engine.specs
     pre = s2.n_units * int(np.prod(s2.shape[1:]))
     per_unit_update = pre * (1 if chain1.is_linear else 9)
-    return (s1.n_units + 1) * (4 * pre + 2 * s2.n_units * st.n_classes + per_unit_update)
+    return (s1.n_units + 1) * (4 * pre + 2 * s2.n_units * engine.n_classes + per_unit_update)
 
 
-def stacked_cost(st: Setup, chain1: Chain) -> float:
+def stacked_cost(engine: Setup, chain1: Chain) -> float:
     """Rough per-sample work of one stacked mask through the suffix (element operations)."""
-    s2 = st.specs[1]
+    s2 = engine.specs[1]
     pre = s2.n_units * int(np.prod(s2.shape[1:]))
-    return 2 * _layer_macs(chain1.layer, pre) + 4 * pre + 2 * s2.n_units * st.n_classes
+    return 2 * _layer_macs(chain1.layer, pre) + 4 * pre + 2 * s2.n_units * engine.n_classes
 
 
-def _segments_or(st: Setup, n_levels: int | None, why_not_walk: str) -> FastPath | str:
+def _segments_or(engine: Setup, n_levels: int | None, why_not_walk: str) -> FastPath | str:
     """The segmented path when it applies and does fewer passes than one per level."""
     from singledir.engine.segments import segment_count, segment_tail
 
-    tail = segment_tail(st)
+    tail = segment_tail(engine)
     if isinstance(tail, str):
         return f"{why_not_walk}; {tail}"
-    if n_levels is not None and segment_count(st) >= n_levels:
+    if n_levels is not None and segment_count(engine) >= n_levels:
         return f"{why_not_walk}; few levels: one pass per level is less work than segments"
     return FastPath("segments", None, tail)
 
 
-def plan_curves(st: Setup, n_levels: int | None, method: str) -> tuple[Plan, FastPath | None]:
+def plan_curves(engine: Setup, n_levels: int | None, method: str) -> tuple[Plan, FastPath | None]:
     """The plan of the curves (and the fast path's chains when there is one)."""
-    native = native_chain(st, method)
+    native = native_chain(engine, method)
     if method != "auto":
         found: FastPath | str = f"method {method!r} asked for"
     elif isinstance(native, MlpChain):
         found = FastPath("native-walk", None, None, native)
     else:
-        found = fast_path(st, n_levels)
-        if isinstance(found, str) and len(st.specs) >= 2:
-            found = _segments_or(st, n_levels, found)
+        found = fast_path(engine, n_levels)
+        if isinstance(found, str) and len(engine.specs) >= 2:
+            found = _segments_or(engine, n_levels, found)
     path = found.name if isinstance(found, FastPath) else "stacked"
     reason = (
         {
@@ -325,12 +325,12 @@ def plan_curves(st: Setup, n_levels: int | None, method: str) -> tuple[Plan, Fas
         else f"stacked masks ({found})"
     )
     plan = Plan(
-        runner=st.runner.kind,
+        runner=engine.runner.kind,
         path=path,
-        sites=tuple(st.sites),
-        unit_dims=tuple(s.unit_dim for s in st.specs),
-        n_units=tuple(s.n_units for s in st.specs),
-        runner_reason=st.runner_reason,
+        sites=tuple(engine.sites),
+        unit_dims=tuple(s.unit_dim for s in engine.specs),
+        n_units=tuple(s.n_units for s in engine.specs),
+        runner_reason=engine.runner_reason,
         path_reason=reason,
     )
     return plan, found if isinstance(found, FastPath) else None

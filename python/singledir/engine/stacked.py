@@ -49,7 +49,9 @@ def mask_edit(
             return torch.where(mk, f, view).view(out.shape)
         coords = to_coords(view, spec.basis, dim=2)  # (M, B, k, *pos)
         target = 0.0 if fill is None else fill.view(1, 1, spec.n_units, *extra)
-        change = torch.where(mk, target - coords, torch.zeros((), dtype=out.dtype))
+        change = torch.where(
+            mk, target - coords, torch.zeros((), dtype=out.dtype, device=out.device)
+        )
         return (view + from_coords(change, spec.basis, dim=2)).view(out.shape)
 
     return edit
@@ -64,7 +66,7 @@ def ranks_of(orders: torch.Tensor) -> torch.Tensor:
 
 
 def stacked_curves(
-    st: Setup,
+    engine: Setup,
     orders: torch.Tensor,
     levels: np.ndarray,
     fills: list[torch.Tensor | None],
@@ -72,7 +74,7 @@ def stacked_curves(
     progress: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Correct counts and loss sums ``(O, L)``: one stacked mask per (ordering, level)."""
-    runner = st.runner
+    runner = engine.runner
     ranks = ranks_of(orders)
     n_ord = ranks.shape[0]
     jobs_o = torch.arange(n_ord).repeat_interleave(len(levels))
@@ -80,23 +82,23 @@ def stacked_curves(
     n_jobs = int(jobs_o.numel())
     correct = torch.zeros(n_jobs, dtype=torch.long)
     loss = torch.zeros(n_jobs, dtype=torch.float64)
-    ranks_d = ranks.to(st.device)
+    ranks_d = ranks.to(engine.device)
     with make_progress(quiet=None if progress else True) as bar:
         task = bar.add_task(
             "ablation curves",
-            total=st.batches.n_batches() * n_jobs,
+            total=engine.batches.n_batches() * n_jobs,
             status=f"{n_ord} orderings x {len(levels)} levels, stacked masks ({runner.kind})",
         )
-        for x, y in st.batches:
+        for x, y in engine.batches:
             state = runner.prefix(x)
-            per_mask = max(1, x.shape[0]) * st.row_bytes * 2
+            per_mask = max(1, x.shape[0]) * engine.row_bytes * 2
             chunk = chunk_count(budget, per_mask, n_jobs)
             for a in range(0, n_jobs, chunk):
                 b = min(n_jobs, a + chunk)
-                o = jobs_o[a:b].to(st.device)
-                level = jobs_level[a:b].to(st.device)
+                o = jobs_o[a:b].to(engine.device)
+                level = jobs_level[a:b].to(engine.device)
                 masks = ranks_d[o] <= level.unsqueeze(1)
-                logits = runner.suffix(state, b - a, mask_edit(st.specs, masks, fills))
+                logits = runner.suffix(state, b - a, mask_edit(engine.specs, masks, fills))
                 c, s = score(logits.view(b - a, x.shape[0], -1), y)
                 correct[a:b] += c
                 loss[a:b] += s
@@ -115,17 +117,17 @@ def unit_fill(means: list[torch.Tensor] | None, n_sites: int, value: str) -> lis
 
 
 def unit_moments(
-    st: Setup, runner: Runner | None = None
+    engine: Setup, runner: Runner | None = None
 ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Mean and standard deviation (population) of every unit's (direction's) activity over
     the data, per site, over samples and positions. Accumulated in float64."""
-    runner = runner or st.runner
-    sums = [torch.zeros(s.n_units, dtype=torch.float64, device=st.device) for s in st.specs]
+    runner = runner or engine.runner
+    sums = [torch.zeros(s.n_units, dtype=torch.float64, device=engine.device) for s in engine.specs]
     squares = [torch.zeros_like(t) for t in sums]
-    counts = [0 for _ in st.specs]
+    counts = [0 for _ in engine.specs]
 
     def observe(k: int, out: torch.Tensor) -> torch.Tensor:
-        coords = to_coords(out, st.specs[k].basis, dim=1)
+        coords = to_coords(out, engine.specs[k].basis, dim=1)
         o = coords.double().transpose(0, 1).reshape(coords.shape[1], -1)
         sums[k] += o.sum(1)
         squares[k] += (o * o).sum(1)
@@ -133,12 +135,12 @@ def unit_moments(
         return out
 
     with torch.no_grad():
-        for x, _y in st.batches:
+        for x, _y in engine.batches:
             runner.suffix(runner.prefix(x), 1, observe)
     means, stds = [], []
     for k in range(len(sums)):
         m = sums[k] / counts[k]
         v = (squares[k] / counts[k] - m * m).clamp_min(0)
-        means.append(m.to(st.dtype))
-        stds.append(v.sqrt().to(st.dtype))
+        means.append(m.to(engine.dtype))
+        stds.append(v.sqrt().to(engine.dtype))
     return means, stds

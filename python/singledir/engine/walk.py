@@ -71,7 +71,7 @@ def _reduce(h: torch.Tensor, n_lead: int) -> torch.Tensor:
 
 
 def cumsum_curves(
-    setup_: Setup,
+    engine: Setup,
     runner: ChainRunner,
     tail: Chain,
     orders: torch.Tensor,
@@ -82,17 +82,17 @@ def cumsum_curves(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One site feeding an affine tail: logits(level) = logits(0) + cumulative sum of the
     per-unit contributions taken in ordering order (float64 accumulation)."""
-    spec = setup_.specs[0]
+    spec = engine.specs[0]
     n_ord, n = orders.shape
     wt, bias, fill_r = tail_affine(runner.ops, tail, spec, fills[0])
     n_cls = wt.shape[1]
-    level_idx = torch.as_tensor(levels, device=setup_.device)
-    orders_d = orders.to(setup_.device)
+    level_idx = torch.as_tensor(levels, device=engine.device)
+    orders_d = orders.to(engine.device)
     wt64, bias64, fill64 = wt.double(), bias.double(), fill_r.double()
     unit_wt64 = wt64  # the logits' weight on the units themselves
     basis64 = None if spec.basis is None else spec.basis.double()
     if spec.basis is not None:
-        units = torch.arange(spec.width, device=setup_.device)
+        units = torch.arange(spec.width, device=engine.device)
         unit_wt64 = dataclasses.replace(tail, basis=None).weight_cols(units).double()
 
     def work(h: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -111,13 +111,13 @@ def cumsum_curves(
             loss[o] += s
         return correct, loss
 
-    per_sample = 8.0 * (n + 1) * n_cls * 3 * _workers(setup_.device)
+    per_sample = 8.0 * (n + 1) * n_cls * 3 * _workers(engine.device)
     b_chunk = chunk_count(budget, per_sample, 256)
-    return run_chunks(setup_, runner, work, b_chunk, n_ord, len(levels), progress)
+    return run_chunks(engine, runner, work, b_chunk, n_ord, len(levels), progress)
 
 
 def walk_curves(
-    setup_: Setup,
+    engine: Setup,
     runner: ChainRunner,
     chain1: Chain,
     tail: Chain,
@@ -133,10 +133,10 @@ def walk_curves(
     activity and the logits at the segment start are recomputed densely; within a segment,
     each ablated site-2 unit is a rank-1 update of the logits."""
     ops = runner.ops
-    s1, s2 = setup_.specs
+    s1, s2 = engine.specs
     n1 = s1.n_units
     n_ord, n = orders.shape
-    dev = setup_.device
+    dev = engine.device
     p2 = runner.site_pos[1]
     mid = ops[chain1.end : p2 + 1]
     relu_mid = len(mid) == 1 and mid[0].kind == "relu"
@@ -154,7 +154,7 @@ def walk_curves(
     ranks = torch.empty_like(orders)
     ranks.scatter_(1, orders, torch.arange(1, n + 1).expand(n_ord, n).contiguous())
     m2 = ranks[:, n1:].unsqueeze(1) <= seg_start.unsqueeze(2)  # (O, n1+1, n2) ablated at start
-    keep = (~m2).to(dev, setup_.dtype)
+    keep = (~m2).to(dev, engine.dtype)
     fill_bias = bias + ((1 - keep) * fill_r2) @ wt  # (O, n1+1, C)
     k_of_level = torch.zeros(n_ord, n + 1, dtype=torch.long)
     k_of_level[:, 1:] = torch.where(is1, 0, orders - n1)
@@ -162,7 +162,7 @@ def walk_curves(
     seq1_d = seq1.to(dev)
     level_idx = torch.as_tensor(levels, device=dev)
 
-    pre_numel = int(np.prod(_chain_out_shape(ops, chain1, s1, dev, setup_.dtype)))
+    pre_numel = int(np.prod(_chain_out_shape(ops, chain1, s1, dev, engine.dtype)))
     o_grp = max(1, min(n_ord, TILE // (8 * pre_numel)))
     groups = []
     for g0 in range(0, n_ord, o_grp):
@@ -190,7 +190,7 @@ def walk_curves(
     fill1 = fills[0]
     if linear1 and relu_mid and len(s2.shape) == 1 and s2.basis is None:
         return walk_linear_curves(
-            setup_, runner, chain1, wt, fill_r2, fill_bias, orders, levels, fill1, budget, progress
+            engine, runner, chain1, wt, fill_r2, fill_bias, orders, levels, fill1, budget, progress
         )
 
     def work(h1: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -207,8 +207,8 @@ def walk_curves(
         for g0, g1, o_idx, l_idx, k_idx, bounds, wc, per_level in groups:
             og = g1 - g0
             pre = pre0.unsqueeze(0).repeat(og, *([1] * pre0.ndim))
-            vals = torch.empty(int(o_idx.numel()), b, dtype=setup_.dtype, device=dev)
-            starts = torch.empty(n1 + 1, og, n_cls, b, dtype=setup_.dtype, device=dev)
+            vals = torch.empty(int(o_idx.numel()), b, dtype=engine.dtype, device=dev)
+            starts = torch.empty(n1 + 1, og, n_cls, b, dtype=engine.dtype, device=dev)
             hbuf = torch.empty_like(pre) if relu_mid else None
             for e in range(n1 + 1):
                 if relu_mid:
@@ -233,7 +233,7 @@ def walk_curves(
                     else:
                         units = seq1_d[g0:g1, e]
                         pre += chain1.contrib(d1[units], units)
-            step_values = torch.zeros(og, n + 1, b, dtype=setup_.dtype, device=dev)
+            step_values = torch.zeros(og, n + 1, b, dtype=engine.dtype, device=dev)
             step_values[o_idx, l_idx] = fill_r2[k_idx].unsqueeze(1) - vals
             for oi in range(og):
                 steps, k_lv, seg_lv = per_level[oi]
@@ -249,11 +249,11 @@ def walk_curves(
     b_chunk = max(8, TILE // (o_grp * pre_numel))
     per_sample = o_grp * ((n1 + 1) * n_cls + (n + 1) * (n_cls + 1)) * 4 + pre_numel * 16
     b_chunk = max(1, min(b_chunk, budget // (per_sample * _workers(dev))))
-    return run_chunks(setup_, runner, work, b_chunk, n_ord, len(levels), progress)
+    return run_chunks(engine, runner, work, b_chunk, n_ord, len(levels), progress)
 
 
 def walk_linear_curves(
-    setup_: Setup,
+    engine: Setup,
     runner: ChainRunner,
     chain1: Chain,
     wt: torch.Tensor,
@@ -272,11 +272,11 @@ def walk_linear_curves(
     suffix of rows) are updated, rectified and multiplied into the logits; the rectified
     rows left behind hold exactly the site-2 values of the segment's rank-1 logit steps."""
     ops = runner.ops
-    s1 = setup_.specs[0]
+    s1 = engine.specs[0]
     n1 = s1.n_units
     n_ord, n = orders.shape
     n2, n_cls = wt.shape
-    dev, dt = setup_.device, setup_.dtype
+    dev, dt = engine.device, engine.dtype
     level_idx = torch.as_tensor(levels, device=dev)
     plans = []
     for o in range(n_ord):
@@ -360,7 +360,7 @@ def walk_linear_curves(
     b_chunk = max(8, (1 << 17) // max(1, n2))  # ~0.5 MB per dense op
     per_sample = (2 * n_lv * n_cls + 3 * n2 * n_cls + 4 * n2) * 4
     b_chunk = max(1, min(b_chunk, budget // (per_sample * _workers(dev))))
-    return run_chunks(setup_, runner, work, b_chunk, n_ord, len(levels), progress, balance=True)
+    return run_chunks(engine, runner, work, b_chunk, n_ord, len(levels), progress, balance=True)
 
 
 def _no_grad_call(fn: Any, args: tuple[Any, ...]) -> Any:
@@ -373,7 +373,7 @@ def _workers(dev: torch.device) -> int:
 
 
 def run_chunks(
-    setup_: Setup,
+    engine: Setup,
     runner: Runner,
     work: Any,
     b_chunk: int,
@@ -392,8 +392,8 @@ def run_chunks(
 
     correct = torch.zeros(n_ord, n_levels, dtype=torch.long)
     loss = torch.zeros(n_ord, n_levels, dtype=torch.float64)
-    n_batches = -(-setup_.batches.count() // setup_.batches.batch_size)
-    workers = _workers(setup_.device)
+    n_batches = -(-engine.batches.count() // engine.batches.batch_size)
+    workers = _workers(engine.device)
     threads = torch.get_num_threads()
     with make_progress(quiet=None if progress else True) as bar:
         task = bar.add_task(
@@ -405,7 +405,7 @@ def run_chunks(
         try:
             if pool is not None:
                 torch.set_num_threads(1)
-            for x, y in setup_.batches:
+            for x, y in engine.batches:
                 h_all = runner.prefix(x)
                 step = b_chunk
                 if balance:
