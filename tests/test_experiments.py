@@ -629,3 +629,22 @@ def test_refused_plan_leaves_nothing(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--sweep-widths applies to mlp and convnet11"):
         run_experiment("selection", "paper", over, tmp_path / "x", executor="serial")
     assert not (tmp_path / "x").exists()
+
+
+def test_paper_cost_counts_the_plan_and_help_states_it() -> None:
+    from singledir.cli.app import app
+    from singledir.experiments import experiment_module
+    from singledir.experiments.settings import paper_cost
+    from typer.testing import CliRunner
+
+    for name in ("corruption", "ensemble", "training", "selection", "dropout", "batchnorm"):
+        s = resolve_settings(name, "paper")
+        cost = paper_cost(name)
+        assert cost["nets"] == len(experiment_module(name).plan(s))
+        assert cost["train_images"] == cost["nets"] * s.epochs * 50_000  # CIFAR-10 train set
+        assert 0 < cost["gpu_hours"] < cost["cpu_hours"]
+    text = CliRunner().invoke(app, ["reproduce", "--help"], env={"COLUMNS": "200"}).output
+    for name in ("corruption", "ensemble", "selection", "selectivity"):
+        c = paper_cost(name)
+        assert f"{name}: {c['nets']} convnet11 nets x {c['epochs']} epochs" in text
+        assert f"~{c['gpu_hours']:.3g} GPU h" in text

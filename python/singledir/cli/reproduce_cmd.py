@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Any
 
 import typer
@@ -133,6 +134,9 @@ def reproduce(
 
     from singledir.experiments import run_experiment
 
+    if preset.lower() == "paper":
+        say(plain(_paper_notice(experiment, dataset)))
+
     overrides: dict[str, Any] = {
         "dataset": dataset,
         "data_dir": data_dir,
@@ -201,3 +205,54 @@ def reproduce(
         Text(str(outcome.report_html), style="bold"),
         plain(f"(Markdown: {outcome.report_md})"),
     )
+
+
+_PAPER_EXPERIMENTS = (
+    "corruption",
+    "ensemble",
+    "training",
+    "selection",
+    "dropout",
+    "batchnorm",
+    "selectivity",
+)
+
+
+def _paper_notice(experiment: str, dataset: str | None) -> str:
+    """What the paper preset is about to start, and what it costs, said before it starts."""
+    import torch
+
+    from singledir.experiments.settings import paper_cost
+
+    names = _PAPER_EXPERIMENTS if experiment == "all" else (experiment,)
+    try:
+        costs = [paper_cost(n, dataset or "cifar10") for n in names]
+    except Exception:  # an unknown name or dataset: run_experiment reports it
+        return "paper preset"
+    gpu = sum(c["gpu_hours"] for c in costs)
+    cpu = sum(c["cpu_hours"] for c in costs)
+    nets = sum(c["nets"] for c in costs)
+    where = (
+        f"expect ~{gpu:.3g} GPU hours"
+        if torch.cuda.is_available()
+        else f"no CUDA GPU found: on this machine's CPU expect ~{cpu:.3g} CPU hours "
+        f"(~{gpu:.3g} on one GPU); stop with Ctrl-C and use --preset quick or a GPU"
+    )
+    return (
+        f"paper preset: {nets} nets for {experiment} on {costs[0]['dataset']}; {where}. "
+        "Finished runs in --out are kept, so an interrupted run resumes."
+    )
+
+
+def _paper_help() -> str:
+    from singledir.experiments.settings import paper_help
+
+    return (
+        "\n\nPaper preset (cifar10; ablation: 10 orderings x 51 levels on 10,000 training "
+        "samples per net; hours count training and ablation/noise curves at an assumed GPU "
+        "rate and a CPU rate measured on 2 cores):\n\n"
+        + "\n\n".join(paper_help(_PAPER_EXPERIMENTS).splitlines())
+    )
+
+
+reproduce.__doc__ = inspect.cleandoc(reproduce.__doc__ or "") + _paper_help()
