@@ -157,6 +157,18 @@ def test_history_best_epoch_and_state_round_trip(tmp_path):
         other.load_state_dict(monitor.state_dict())
 
 
+def test_monitor_on_a_sequence_model():
+    torch.manual_seed(0)
+    model = SeqNet()
+    x, y = torch.randn(80, 5, 4), torch.arange(80) % 3
+    monitor = AUCMonitor((x, y), orderings=2, levels=5, seed=1)
+    curves = ablation_curves(model, (x, y), orderings=2, levels=5, seed=1, progress=False)
+    assert monitor(model, 1) == ablation_auc(curves)
+    assert curves["n_ablated"].max() == 12 + 6  # the features of both sites, not T
+    forced = AUCMonitor((x, y), orderings=2, levels=5, seed=1, unit_dim=-1).measure(model)
+    assert forced == monitor.history["auc"][0]
+
+
 def test_monitor_relative_and_bad_input():
     data = _digits(100)
     model = MLP(64, [8])
@@ -232,7 +244,7 @@ def test_regularizer_gradient_matches_finite_differences():
         model(x)
         outs = {k: v.detach() for k, v in reg._outputs.items()}
     pooled = np.concatenate([_numpy_si(outs[s].numpy(), y.numpy(), reg.eps) for s in reg.sites])
-    assert float(value) == pytest.approx(-0.7 * pooled.mean(), rel=1e-12)
+    assert value.item() == pytest.approx(-0.7 * pooled.mean(), rel=1e-12)
 
 
 def test_regularizer_refuses_a_model_without_sites():
@@ -274,7 +286,7 @@ def test_regularizer_on_a_sequence_model_uses_the_feature_axis():
         value = reg.penalty(y)
     # Each feature's activity is its mean over the T positions.
     per_site = [_numpy_si(outs[s].mean(1).numpy(), y.numpy(), reg.eps) for s in reg.sites]
-    assert float(value) == pytest.approx(-2.0 * np.concatenate(per_site).mean(), rel=1e-12)
+    assert value.item() == pytest.approx(-2.0 * np.concatenate(per_site).mean(), rel=1e-12)
     assert batch_class_selectivity(outs["act1"], y, 3, unit_dim=-1).shape == (12,)
 
 

@@ -95,9 +95,9 @@ class AUCMonitor:
         seeded by ``seed``); ``None`` uses all of it. Needs in-memory data.
     relative:
         Divide each curve's area by its unablated accuracy (``ablation_auc(relative=True)``).
-    value, batch_size, device, memory_budget_mb:
-        Passed to :func:`singledir.ablation_curves`; ``device`` defaults to where the
-        model's parameters are.
+    value, unit_dim, batch_size, device, memory_budget_mb:
+        Passed to :func:`singledir.ablation_curves` (``unit_dim``: the unit axis, inferred
+        by default); ``device`` defaults to where the model's parameters are.
 
     Attributes
     ----------
@@ -118,6 +118,7 @@ class AUCMonitor:
         samples: int | None = None,
         relative: bool = False,
         value: str = "zero",
+        unit_dim: int | dict[str, int] | None = None,
         batch_size: int | None = None,
         device: str | torch.device | None = None,
         memory_budget_mb: float | None = None,
@@ -134,6 +135,7 @@ class AUCMonitor:
         self.samples = None if samples is None else int(samples)
         self.relative = bool(relative)
         self.value = value
+        self.unit_dim = unit_dim
         self.batch_size = batch_size
         self.device = device
         self.memory_budget_mb = memory_budget_mb
@@ -162,6 +164,7 @@ class AUCMonitor:
                     levels=self.levels,
                     order="random",
                     value=self.value,
+                    unit_dim=self.unit_dim,
                     seed=self.seed,
                     batch_size=self.batch_size,
                     device=dev,
@@ -217,6 +220,7 @@ class AUCMonitor:
             "samples": self.samples,
             "relative": self.relative,
             "value": self.value,
+            "unit_dim": self.unit_dim,
         }
 
     def state_dict(self) -> dict[str, Any]:
