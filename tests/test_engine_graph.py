@@ -625,3 +625,65 @@ def test_a_shared_module_call_is_a_site_by_its_node_name() -> None:
     assert (spec.kind, spec.n_units, spec.unit_dim) == ("module", 512, 1)
     _, plan = _check_curves(net, x, "layer4_1_relu_1", levels=5, orderings=1)
     assert plan.runner == "chain"
+
+
+class _RandomSequence(nn.Module):
+    """Residual blocks over (N, T, C) with optional LayerNorm, GELU / ReLU / ``.relu()``
+    activations and a mean- or last-token head, drawn by hypothesis."""
+
+    def __init__(self, width: int, hidden: list[int], acts: list[str], norm: bool, last: bool):
+        super().__init__()
+        self.inp = nn.Linear(3, width)
+        self.norms = nn.ModuleList(nn.LayerNorm(width) if norm else nn.Identity() for _ in hidden)
+        self.ups = nn.ModuleList(nn.Linear(width, h) for h in hidden)
+        self.downs = nn.ModuleList(nn.Linear(h, width) for h in hidden)
+        self.acts, self.last = acts, last
+        self.head = nn.Linear(width, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for norm, up, down, act in zip(self.norms, self.ups, self.downs, self.acts, strict=True):
+            z = up(norm(h))
+            z = F.gelu(z) if act == "gelu" else torch.relu(z) if act == "relu" else z.relu()
+            h = h + down(z)
+        return self.head(h[:, -1] if self.last else h.mean(dim=1))
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    width=st.integers(2, 5),
+    hidden=st.lists(st.integers(1, 5), min_size=1, max_size=2),
+    acts=st.lists(st.sampled_from(["gelu", "relu", "method"]), min_size=2, max_size=2),
+    norm=st.booleans(),
+    last=st.booleans(),
+    seed=st.integers(0, 1000),
+    value=st.sampled_from(["zero", "mean"]),
+)
+def test_property_random_sequence_models_match_reference(
+    width: int, hidden: list[int], acts: list[str], norm: bool, last: bool, seed: int, value: str
+) -> None:
+    torch.manual_seed(seed)
+    model = _RandomSequence(width, hidden, acts[: len(hidden)], norm, last)
+    model = _centered(model.eval(), (4, 3))
+    x, _ = _data((4, 3), n=24, classes=3, seed=seed)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    names = resolve_sites(model, "all")
+    specs = site_specs(model, names, x[:2])
+    assert all(s.unit_dim == 2 for s in specs)  # features, not tokens
+    df = ablation_curves(model, (x, y), "all", orderings=1, value=value, progress=False)
+    n = sum(s.n_units for s in specs)
+    dims = [s.unit_dim for s in specs]
+    fills = ref.naive_moments(model, x, names, dims)[0] if value == "mean" else None
+    orders = unit_orderings(n, orderings=1).numpy()
+    rows = ref.naive_curves(model, x, y, names, orders, list(range(n + 1)), fills, dims)
+    got = np.rint(df["accuracy"].to_numpy() * 24).astype(int)
+    assert np.all(np.abs(got - [r[2] for r in rows]) <= [r[4] for r in rows])
+    np.testing.assert_allclose(df["loss"], [r[3] for r in rows], rtol=1e-5, atol=1e-5)
+    imp = unit_importance(model, (x, y), names[-1:], value=value, progress=False)
+    rows_i = ref.naive_importance(
+        model, x, y, names[-1], fills=None if fills is None else fills[-1:], unit_dim=2
+    )
+    got_i = np.rint(imp["accuracy"].to_numpy() * 24).astype(int)
+    assert np.all(np.abs(got_i - [r[0] for r in rows_i]) <= [r[2] for r in rows_i])
+    np.testing.assert_allclose(imp["loss"], [r[1] for r in rows_i], rtol=1e-5, atol=1e-5)
