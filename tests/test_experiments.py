@@ -122,6 +122,7 @@ def test_experiment_writes_results_figures_manifest_report(tiny: dict, name: str
     for link in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (d / link).exists()
     assert out.claims and {c.verdict for c in out.claims} <= VERDICTS
+    assert "detectable" in md and "scikit-learn digits" in md  # power and data notes
     for c in out.claims:
         assert html_escape(c.statistic) in html
         assert c.verdict in md
@@ -142,9 +143,12 @@ def test_corruption_statistics_recomputed(tiny: dict) -> None:
     d = tiny["corruption"].out_dir
     runs = pl.read_parquet(d / "runs.parquet")
     curves = pl.read_parquet(d / "curves.parquet")
+    curves_random = pl.read_parquet(d / "curves_random.parquet")
     for row in runs.iter_rows(named=True):
         part = curves.filter(pl.col("run_id") == row["run_id"])
         assert row["auc"] == pytest.approx(_trapezoid_auc(part), abs=1e-9)
+        part = curves_random.filter(pl.col("run_id") == row["run_id"])
+        assert row["auc_random"] == pytest.approx(_trapezoid_auc(part), abs=1e-9)
         # final accuracies come from the training's own metrics
         metrics = pl.read_parquet(d / "runs" / row["run_id"] / "train" / "metrics.parquet")
         assert row["train_acc"] == pytest.approx(metrics.sort("epoch")["train_acc"][-1])

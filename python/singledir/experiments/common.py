@@ -84,8 +84,10 @@ def run_ablation(
     timer: PhaseTimer,
     run_dir: Path | None = None,
     filename: str = "curves.parquet",
+    directions: str = "units",
 ) -> tuple[pl.DataFrame, float]:
-    """Cumulative ablation curves (random orderings) and their AUC; writes ``filename``."""
+    """Cumulative ablation curves (random orderings) and their AUC; writes ``filename``.
+    ``directions="random"`` ablates random orthonormal directions instead of units."""
     from singledir.ablation import ablation_curves
 
     with timer.phase("ablation"):
@@ -98,6 +100,7 @@ def run_ablation(
             levels=int(analysis["levels"]),
             order="random",
             seed=int(seed),
+            **({} if directions == "units" else {"directions": directions}),
         )
     with timer.phase("statistics"):
         auc = auc_value(df)

@@ -72,8 +72,12 @@ def run(spec: dict[str, Any], run_dir: Path, timer: PhaseTimer) -> dict[str, Any
     model = load_model(result.checkpoint)
     data = training_data(spec["train"], a["ablation_samples"])
     _, auc = run_ablation(model, data, a, seed, timer, run_dir)
+    # the same ablation along random orthonormal directions of each layer (not units)
+    _, auc_random = run_ablation(
+        model, data, a, seed, timer, run_dir, "curves_random.parquet", directions="random"
+    )
     _, nauc = run_noise(model, data, a, seed, timer, run_dir)
-    return {"auc": auc, "noise_auc": nauc, **final_metrics(result)}
+    return {"auc": auc, "auc_random": auc_random, "noise_auc": nauc, **final_metrics(result)}
 
 
 def runs_table(records: list[RunRecord]) -> pl.DataFrame:
@@ -86,6 +90,7 @@ def runs_table(records: list[RunRecord]) -> pl.DataFrame:
                 "corrupt": float(r.condition["corrupt"]),
                 "seed": int(r.condition["seed"]),
                 "auc": float(res["auc"]),
+                "auc_random": float(res.get("auc_random", float("nan"))),
                 "noise_auc": float(res["noise_auc"]),
                 "train_acc": float(res.get("train_acc", float("nan"))),
                 "test_acc": float(res.get("test_acc", float("nan"))),
@@ -118,6 +123,11 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         noise_summary = level_bands(noise, "scale", "accuracy", by="corrupt")
         aucs = ordering_aucs(curves)
         noise_reps = repeat_areas(noise)
+        random_aucs: dict[str, np.ndarray] = {}
+        if all((r.run_dir / "curves_random.parquet").exists() for r in records):
+            curves_random = collect_table(records, "curves_random.parquet")
+            write_table(curves_random, out_dir / "curves_random.parquet")
+            random_aucs = ordering_aucs(curves_random)
         run_ids = runs["run_id"].to_list()
         nets = f"nets ({len(s.fractions)} corruption fractions x {s.seeds} seed(s))"
         claims: list[Claim] = [
@@ -200,6 +210,20 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         )
         + ".",
     ]
+    if random_aucs:
+        random_claim = correlation_claim(
+            FIGURE,
+            "",
+            runs["corrupt"].to_numpy(),
+            [random_aucs[r] for r in run_ids],
+            expect="negative",
+            what="nets",
+            seed=claim_seed_of(s, NAME, "auc_random"),
+        )
+        notes.append(
+            "Ablating random orthonormal directions of each layer instead of units (auc_random "
+            "in the table, curves_random.parquet): " + random_claim.statistic + "."
+        )
     if np.nanmin(runs["train_acc"].to_numpy()) < 0.9:
         notes.append(
             "Some nets did not reach 90% training accuracy: train longer (--epochs) to "
@@ -233,6 +257,14 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
                     _fraction_intervals(
                         runs, noise_reps, "noise_auc", claim_seed_of(s, NAME, "table_noise")
                     ),
+                    on="corrupt",
+                )
+                .join(
+                    _fraction_intervals(
+                        runs, random_aucs, "auc_random", claim_seed_of(s, NAME, "table_random")
+                    )
+                    if random_aucs
+                    else runs.select("corrupt").unique(),
                     on="corrupt",
                 )
                 .sort("corrupt"),
