@@ -56,18 +56,26 @@ def batch_class_selectivity(
         ``(units,)``: ``(mu_max - mu_rest) / (mu_max + mu_rest + eps)`` over the classes
         present in the batch; zeros (no gradient) when fewer than two classes are present.
     """
-    a = acts.movedim(unit_dim, 1) if unit_dim % acts.ndim != 1 else acts
-    a = a.flatten(2).mean(2) if a.ndim > 2 else a
+    a = _unit_activity(acts, unit_dim)
     onehot = F.one_hot(labels.long(), int(num_classes)).to(a.dtype)  # (B, K)
     counts = onehot.sum(0)
     present = counts > 0
     n_present = int(present.sum())
     if n_present < 2:
         return a.new_zeros(a.shape[1])
-    means = (onehot.t() @ a)[present] / counts[present].unsqueeze(1)  # (K present, units)
+    # Class-mean weights (B, K present): the selection happens on the labels, so the graph
+    # through the activity is one matmul and a few elementwise ops.
+    weights = onehot[:, present] / counts[present]
+    means = weights.t() @ a  # (K present, units)
     mu_max = means.max(0).values
     mu_rest = (means.sum(0) - mu_max) / (n_present - 1)
     return (mu_max - mu_rest) / (mu_max + mu_rest + eps)
+
+
+def _unit_activity(acts: torch.Tensor, unit_dim: int) -> torch.Tensor:
+    """``(batch, units)``: the units along ``unit_dim``, averaged over every other axis."""
+    a = acts.movedim(unit_dim, 1) if unit_dim % acts.ndim != 1 else acts
+    return a.flatten(2).mean(2) if a.ndim > 2 else a
 
 
 class SelectivityRegularizer:
@@ -173,14 +181,11 @@ class SelectivityRegularizer:
                 f"no output captured at {', '.join(missing)}: run the model's forward pass "
                 "inside the regularizer's with-block, with gradients on, before the penalty"
             )
-        parts = [
-            batch_class_selectivity(
-                self._outputs[s], labels, self.num_classes, self.eps, self.unit_dims[s]
-            )
-            for s in self.sites
-        ]
+        # All sites' units pooled into one (batch, units) matrix: one pass of the index.
+        activity = [_unit_activity(self._outputs[s], self.unit_dims[s]) for s in self.sites]
+        pooled = torch.cat(activity, 1)
         self._outputs.clear()
-        return torch.cat(parts).mean()
+        return batch_class_selectivity(pooled, labels, self.num_classes, self.eps).mean()
 
     def penalty(self, labels: torch.Tensor) -> torch.Tensor:
         """``-alpha * mean selectivity`` of the last forward pass, to add to the loss."""
