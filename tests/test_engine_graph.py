@@ -687,3 +687,26 @@ def test_property_random_sequence_models_match_reference(
     got_i = np.rint(imp["accuracy"].to_numpy() * 24).astype(int)
     assert np.all(np.abs(got_i - [r[0] for r in rows_i]) <= [r[2] for r in rows_i])
     np.testing.assert_allclose(imp["loss"], [r[1] for r in rows_i], rtol=1e-5, atol=1e-5)
+
+
+class _MeanHead(nn.Module):
+    def __init__(self, spatial: bool) -> None:
+        super().__init__()
+        self.conv, self.fc, self.spatial = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(4, 3), spatial
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv(x))
+        if self.spatial:
+            return self.fc(h.mean(dim=(-1, -2)))
+        return self.fc(h.mean(dim=1).mean(dim=1))  # channels then rows: (N, W) = (N, 4)
+
+
+@pytest.mark.parametrize("spatial", [True, False])
+def test_a_mean_is_a_pooling_only_over_the_spatial_dims(spatial: bool) -> None:
+    """A (4, 4, 4) map: the mean over channels has the shape a spatial mean would have, so
+    the plan reads the op's dims instead of guessing from shapes."""
+    torch.manual_seed(8)
+    model = _centered(_MeanHead(spatial), (2, 4, 4))
+    x, _ = _data((2, 4, 4), n=30, classes=3)
+    _, plan = _check_curves(model, x, "relu")
+    assert plan.path == ("cumsum" if spatial else "stacked")

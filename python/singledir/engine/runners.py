@@ -284,6 +284,21 @@ def _classify(gm: fx.GraphModule, node: fx.Node, op: ChainOp) -> tuple[str, nn.M
     return "other", None
 
 
+def _spatial_mean(node: fx.Node, ndim: int) -> bool:
+    """``node`` (a mean or adaptive average pool) averages exactly dims 2.. of an
+    ``ndim``-D input: read off its arguments, not guessed from shapes."""
+    if node.target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d):
+        size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
+        sizes = size if isinstance(size, tuple | list) else (size,)
+        return all(s == 1 for s in sizes)
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    if isinstance(dims, int):
+        dims = (dims,)
+    if not isinstance(dims, tuple | list) or not all(isinstance(d, int) for d in dims):
+        return False
+    return sorted(d % ndim for d in dims) == list(range(2, ndim))
+
+
 def extract_chain(
     gm: fx.GraphModule, site_nodes: Sequence[fx.Node], sample: dict[fx.Node, Any]
 ) -> tuple[list[ChainOp], list[int]] | str:
@@ -342,10 +357,11 @@ def extract_chain(
             for s in prev_shape:
                 numel *= s
             op.kind = "flatten" if op.out_shape == (numel,) else "other"
-        elif kind == "reduce":  # a spatial mean when it leaves (C,) or (C, 1, ...)
+        elif kind == "reduce":  # a mean over every spatial dim, leaving (C,) or (C, 1, ...)
             keeps = len(prev_shape) > 1 and op.out_shape[:1] == prev_shape[:1]
             ones = all(s == 1 for s in op.out_shape[1:])
-            op.kind = "pool_mean" if keeps and ones else "other"
+            spatial = _spatial_mean(nxt, len(prev_shape) + 1)
+            op.kind = "pool_mean" if keeps and ones and spatial else "other"
         positions[nxt] = len(ops)
         ops.append(op)
         cur = nxt
