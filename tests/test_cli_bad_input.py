@@ -121,7 +121,7 @@ def test_folder_outputs(
 ) -> None:
     taken = tmp_path / "taken.txt"
     taken.write_text("keep me")
-    _refused(_base(command, files, taken), capsys, tmp_path, "existing file")
+    _refused(_base(command, files, taken), capsys, tmp_path, "is a file")
     _refused(_base(command, files, taken / "run"), capsys, tmp_path, "which is a file")
     assert taken.read_text() == "keep me"
 

@@ -69,7 +69,7 @@ def test_check_output_path_refuses_each_bad_kind(tmp_path: Path) -> None:
         check_output_path(a_file / "x.parquet")
     with pytest.raises(DataError, match="which is a file"):
         check_output_path(a_file / "deeper" / "x.parquet")
-    with pytest.raises(DataError, match="existing file"):
+    with pytest.raises(DataError, match="is a file"):
         check_output_path(a_file, folder=True)
     with pytest.raises(DataError, match="which is a file"):
         check_output_path(a_file / "run", folder=True)

@@ -34,7 +34,7 @@ def check_output_path(path: str | os.PathLike[str], *, folder: bool = False) -> 
             break
     if folder:
         if p.exists() and not p.is_dir():
-            raise DataError(f"{what} {str(p)!r} is an existing file: give a folder path")
+            raise DataError(f"{what} {str(p)!r} is a file, not a folder: give a folder path")
         existing = next((a for a in (p, *p.parents) if a.is_dir()), Path("."))
         if not os.access(existing, os.W_OK):
             raise DataError(f"folder {str(existing)!r} is not writable: choose another path")

@@ -133,9 +133,9 @@ def run_experiment(
     _check_data(settings[names[0]])
     for n in names:
         resolve_device(settings[n].device)  # a bad --device fails before anything is written
-    out = check_output_path(
-        Path(out_dir) if out_dir is not None else Path("results") / key, folder=True
-    )
+    out = Path(out_dir) if out_dir is not None else Path("results") / key
+    if not out.exists():  # an existing path is prepare_out_dir's to judge (ours or not)
+        check_output_path(out, folder=True)
     own_executor = not isinstance(executor, Executor)
     # Built before anything is written: a bad executor choice or an unreachable Ray
     # cluster fails fast and leaves no folder behind (the process pool starts lazily).

@@ -360,21 +360,13 @@ def eval_data(train_cfg: dict[str, Any], max_samples: int | None = None) -> Any:
 
 
 def _cut(data: Any, max_samples: int | None, seed: int) -> Any:
+    """A fixed random ``max_samples`` of ``data`` (all of it when it is smaller)."""
     n = int(data.y.shape[0])
     if max_samples is None or n <= max_samples or getattr(data, "x", None) is None:
         return data
-    import torch
+    from singledir.monitor import seeded_subset, take_samples
 
-    g = torch.Generator().manual_seed(10_007 + seed)
-    idx = torch.randperm(n, generator=g)[:max_samples].sort().values
-    if not dataclasses.is_dataclass(data):
-        return (data.x[idx], data.y[idx])
-    sliced = {
-        name: getattr(data, name)[idx]
-        for name in ("x", "y", "true_y", "indices", "replaced")
-        if getattr(data, name, None) is not None
-    }
-    return dataclasses.replace(data, **sliced)  # type: ignore[type-var]
+    return take_samples(data, seeded_subset(n, max_samples, 10_007 + seed))
 
 
 def final_metrics(train_result: Any) -> dict[str, float]:
