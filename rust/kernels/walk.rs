@@ -377,13 +377,31 @@ impl State {
 struct Maps<'a> {
     hidden: &'a [Vec<f32>],
     out: &'a [f64],
+    /// `out` in blocks of 8 units (`lanes::block_rows`; empty unless `blocked(padded)`).
+    blocks: &'a [f64],
     padded: usize,
 }
 
+/// `out` rows in blocks when the fused update uses them.
+fn out_blocks(out: &[f64], padded: usize) -> Vec<f64> {
+    if lanes::blocked(padded) {
+        lanes::block_rows(out, out.len() / padded, padded)
+    } else {
+        Vec::new()
+    }
+}
+
 /// Propagates the change `d` of unit `row` of activation layer `layer` down to the logits,
-/// updating `state` (pre-activations, activations, logits) sparsely.
+/// updating `state` (pre-activations, activations, logits) sparsely. `P` is the padded
+/// number of logits when it is one of the specialized widths, else 0 (see `by_width!`).
 #[inline(always)]
-fn propagate<S: Lanes>(maps: &Maps<'_>, layer: usize, row: usize, d: f64, st: &mut State) {
+fn propagate<S: Lanes, const P: usize>(
+    maps: &Maps<'_>,
+    layer: usize,
+    row: usize,
+    d: f64,
+    st: &mut State,
+) {
     let depth = st.a.len();
     let p = maps.padded;
     if layer + 1 == depth {
@@ -392,23 +410,30 @@ fn propagate<S: Lanes>(maps: &Maps<'_>, layer: usize, row: usize, d: f64, st: &m
     }
     let mut m = layer + 1;
     let (n, cut) = (st.z[m].len(), st.cut[m]);
+    let w = &maps.hidden[m - 1][row * n..(row + 1) * n];
+    if m + 1 == depth {
+        S::scan_out_blocked::<true, true, P>(
+            &mut st.z[m],
+            d as f32,
+            w,
+            &mut st.a[m],
+            cut,
+            maps.blocks,
+            maps.out,
+            &mut st.logits,
+        );
+        return;
+    }
     st.changes.clear();
     S::axpy_scan(
         &mut st.z[m][cut..],
         d as f32,
-        &maps.hidden[m - 1][row * n + cut..(row + 1) * n],
+        &w[cut..],
         &mut st.a[m][cut..],
         cut,
         &mut st.changes,
     );
     loop {
-        if m + 1 == depth {
-            for &(k, dk) in &st.changes {
-                let k = k as usize;
-                axpy64(&mut st.logits, dk, &maps.out[k * p..(k + 1) * p]);
-            }
-            return;
-        }
         if st.changes.is_empty() {
             return;
         }
@@ -423,6 +448,19 @@ fn propagate<S: Lanes>(maps: &Maps<'_>, layer: usize, row: usize, d: f64, st: &m
                 &wt[k * n + cut..(k + 1) * n],
             );
         }
+        if next_m + 1 == depth {
+            S::scan_out_blocked::<false, true, P>(
+                &mut st.z[next_m],
+                0.0,
+                &[],
+                &mut st.a[next_m],
+                cut,
+                maps.blocks,
+                maps.out,
+                &mut st.logits,
+            );
+            return;
+        }
         st.next.clear();
         S::scan(
             &st.z[next_m][cut..],
@@ -433,6 +471,20 @@ fn propagate<S: Lanes>(maps: &Maps<'_>, layer: usize, row: usize, d: f64, st: &m
         std::mem::swap(&mut st.changes, &mut st.next);
         m = next_m;
     }
+}
+
+/// Calls `$f::<$lanes, P>($args)` with `P` the padded logit count when it is 4, 8, 12 or 16
+/// (the fused logits update then runs in registers), else `P = 0` (any width).
+macro_rules! by_width {
+    ($padded:expr, $f:ident, $lanes:ty, ($($arg:expr),*)) => {
+        match $padded {
+            4 => $f::<$lanes, 4>($($arg),*),
+            8 => $f::<$lanes, 8>($($arg),*),
+            12 => $f::<$lanes, 12>($($arg),*),
+            16 => $f::<$lanes, 16>($($arg),*),
+            _ => $f::<$lanes, 0>($($arg),*),
+        }
+    };
 }
 
 #[path = "walk_curves.rs"]

@@ -72,7 +72,7 @@ pub fn mlp_curves(
                         // SAFETY: the CPU has AVX2 (checked above).
                         return unsafe { walk_chunk_avx2(&ctx, samples) };
                     }
-                    walk_chunk::<Portable>(&ctx, samples)
+                    walk_chunk_portable(&ctx, samples)
                 },
                 |(c, l)| {
                     for ((acc, v), (accl, vl)) in correct[row.clone()]
@@ -119,6 +119,7 @@ struct Plan {
     perm: Vec<Option<Vec<usize>>>,
     hidden: Vec<Vec<f32>>,
     out: Vec<f64>,
+    blocks: Vec<f64>,
     /// Per activation layer: fills by position (empty when not a site).
     fills: Vec<Vec<f32>>,
     /// (activation layer, unit for layer 0 / position otherwise) of each step.
@@ -174,6 +175,7 @@ impl Plan {
         Plan {
             perm,
             hidden,
+            blocks: out_blocks(&out, p),
             out,
             fills,
             events,
@@ -197,18 +199,26 @@ struct Ctx<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn walk_chunk_avx2(ctx: &Ctx<'_>, samples: std::ops::Range<usize>) -> (Vec<i64>, Vec<f64>) {
-    walk_chunk::<Avx2>(ctx, samples)
+    by_width!(ctx.chain.padded, walk_chunk, Avx2, (ctx, samples))
+}
+
+fn walk_chunk_portable(ctx: &Ctx<'_>, samples: std::ops::Range<usize>) -> (Vec<i64>, Vec<f64>) {
+    by_width!(ctx.chain.padded, walk_chunk, Portable, (ctx, samples))
 }
 
 /// Correct counts and loss sums `(n_levels,)` of one ordering over some samples.
 #[inline(always)]
-fn walk_chunk<S: Lanes>(ctx: &Ctx<'_>, samples: std::ops::Range<usize>) -> (Vec<i64>, Vec<f64>) {
+fn walk_chunk<S: Lanes, const P: usize>(
+    ctx: &Ctx<'_>,
+    samples: std::ops::Range<usize>,
+) -> (Vec<i64>, Vec<f64>) {
     let (chain, plan) = (ctx.chain, ctx.plan);
     let (depth, n0, p) = (chain.depth(), chain.widths[0], chain.padded);
     let z_len = ctx.zoff[depth].max(1);
     let maps = Maps {
         hidden: &plan.hidden,
         out: &plan.out,
+        blocks: &plan.blocks,
         padded: p,
     };
     let fill0 = &chain.fills[0];
@@ -235,15 +245,19 @@ fn walk_chunk<S: Lanes>(ctx: &Ctx<'_>, samples: std::ops::Range<usize>) -> (Vec<
             st.cut[m] = 0;
         }
         st.logits.copy_from_slice(&ctx.logits0[i * p..(i + 1) * p]);
-        let mut tally = |st: &mut State, level: usize| {
+        // A step that changes nothing (a unit already at its fill) keeps the last score.
+        let mut last_score: Option<(bool, f64)> = None;
+        let mut tally = |st: &mut State, level: usize, last: &mut Option<(bool, f64)>| {
             let k = ctx.slot[level];
             if k != usize::MAX {
-                let (hit, l) = score(&st.logits, chain.n_classes, label, &mut st.scratch);
+                let (hit, l) = *last.get_or_insert_with(|| {
+                    score(&st.logits, chain.n_classes, label, &mut st.scratch)
+                });
                 correct[k] += hit as i64;
                 loss[k] += l;
             }
         };
-        tally(&mut st, 0);
+        tally(&mut st, 0, &mut last_score);
         for (t, &(layer, idx)) in plan.events[..ctx.last].iter().enumerate() {
             let (layer, idx) = (layer as usize, idx as usize);
             let fill = if layer == 0 {
@@ -255,9 +269,10 @@ fn walk_chunk<S: Lanes>(ctx: &Ctx<'_>, samples: std::ops::Range<usize>) -> (Vec<
             let old = st.a[layer][idx];
             if old != fill {
                 st.a[layer][idx] = fill;
-                propagate::<S>(&maps, layer, idx, fill as f64 - old as f64, &mut st);
+                propagate::<S, P>(&maps, layer, idx, fill as f64 - old as f64, &mut st);
+                last_score = None;
             }
-            tally(&mut st, t + 1);
+            tally(&mut st, t + 1, &mut last_score);
         }
     }
     (correct, loss)

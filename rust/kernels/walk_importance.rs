@@ -19,8 +19,10 @@ pub fn mlp_importance(walk: &Walk<'_>, n_classes: usize) -> KernelResult<Importa
     let mut per_class_correct = vec![0i64; n * n_classes];
     #[cfg(target_arch = "x86_64")]
     let avx2 = has_avx2();
+    let blocks = out_blocks(&chain.out, chain.padded);
     let ctx = Ctx {
         chain: &chain,
+        blocks: &blocks,
         h0: walk.h0,
         zoff: &zoff,
         n_classes,
@@ -35,7 +37,7 @@ pub fn mlp_importance(walk: &Walk<'_>, n_classes: usize) -> KernelResult<Importa
                 // SAFETY: the CPU has AVX2 (checked above).
                 return unsafe { importance_chunk_avx2(&ctx, samples) };
             }
-            importance_chunk::<Portable>(&ctx, samples)
+            importance_chunk_portable(&ctx, samples)
         },
         |part| {
             for (acc, v) in correct.iter_mut().zip(&part.correct) {
@@ -58,6 +60,7 @@ pub fn mlp_importance(walk: &Walk<'_>, n_classes: usize) -> KernelResult<Importa
 
 struct Ctx<'a> {
     chain: &'a Chain,
+    blocks: &'a [f64],
     h0: &'a [f32],
     zoff: &'a [usize],
     n_classes: usize,
@@ -66,17 +69,25 @@ struct Ctx<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn importance_chunk_avx2(ctx: &Ctx<'_>, samples: std::ops::Range<usize>) -> Importance {
-    importance_chunk::<Avx2>(ctx, samples)
+    by_width!(ctx.chain.padded, importance_chunk, Avx2, (ctx, samples))
+}
+
+fn importance_chunk_portable(ctx: &Ctx<'_>, samples: std::ops::Range<usize>) -> Importance {
+    by_width!(ctx.chain.padded, importance_chunk, Portable, (ctx, samples))
 }
 
 #[inline(always)]
-fn importance_chunk<S: Lanes>(ctx: &Ctx<'_>, samples: std::ops::Range<usize>) -> Importance {
+fn importance_chunk<S: Lanes, const P: usize>(
+    ctx: &Ctx<'_>,
+    samples: std::ops::Range<usize>,
+) -> Importance {
     let chain = ctx.chain;
     let (depth, n0, p) = (chain.depth(), chain.widths[0], chain.padded);
     let n = chain.n_units;
     let maps = Maps {
         hidden: &chain.hidden,
         out: &chain.out,
+        blocks: ctx.blocks,
         padded: p,
     };
     let mut part = Importance {
@@ -88,7 +99,6 @@ fn importance_chunk<S: Lanes>(ctx: &Ctx<'_>, samples: std::ops::Range<usize>) ->
     let mut acc = Vec::new();
     let mut base = State::new(chain);
     let mut trial = State::new(chain);
-    let mut changes: Changes = Vec::new();
     for i in samples {
         let label = chain.labels[i];
         let h0 = &ctx.h0[i * n0..(i + 1) * n0];
@@ -103,7 +113,9 @@ fn importance_chunk<S: Lanes>(ctx: &Ctx<'_>, samples: std::ops::Range<usize>) ->
         let (base_hit, base_loss) = score(&base.logits, chain.n_classes, label, &mut base.scratch);
         for (s, &layer) in chain.sites.iter().enumerate() {
             let fill = &chain.fills[s];
-            for (j, (&old, &f)) in base.a[layer].iter().zip(fill).enumerate() {
+            // this site's activations read, the ones after it written (or borrowed mutably)
+            let (before, after) = base.a.split_at_mut(layer + 1);
+            for (j, (&old, &f)) in before[layer].iter().zip(fill).enumerate() {
                 let (hit, l) = if old == f {
                     (base_hit, base_loss)
                 } else {
@@ -115,25 +127,22 @@ fn importance_chunk<S: Lanes>(ctx: &Ctx<'_>, samples: std::ops::Range<usize>) ->
                         // The common case, one hidden layer between the unit and the logits:
                         // scan the next layer's changes without writing anything.
                         let nm = chain.widths[layer + 1];
-                        changes.clear();
-                        S::axpy_scan_ro(
-                            &base.z[layer + 1],
+                        S::scan_out_blocked::<true, false, P>(
+                            &mut base.z[layer + 1],
                             d as f32,
                             &chain.hidden[layer][j * nm..(j + 1) * nm],
-                            &base.a[layer + 1],
+                            &mut after[0],
                             0,
-                            &mut changes,
+                            ctx.blocks,
+                            &chain.out,
+                            &mut trial.logits,
                         );
-                        for &(k, dk) in &changes {
-                            let k = k as usize;
-                            axpy64(&mut trial.logits, dk, &chain.out[k * p..(k + 1) * p]);
-                        }
                     } else {
                         for m in layer + 1..depth {
                             trial.z[m].copy_from_slice(&base.z[m]);
-                            trial.a[m].copy_from_slice(&base.a[m]);
+                            trial.a[m].copy_from_slice(&after[m - layer - 1]);
                         }
-                        propagate::<S>(&maps, layer, j, d, &mut trial);
+                        propagate::<S, P>(&maps, layer, j, d, &mut trial);
                     }
                     score(&trial.logits, chain.n_classes, label, &mut trial.scratch)
                 };

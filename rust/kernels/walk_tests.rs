@@ -98,7 +98,7 @@ fn random_net(seed: u64) -> Net {
     let mut rng = SplitMix64::new(seed);
     let n_layers = 1 + rng.below(3);
     let mut widths: Vec<usize> = (0..n_layers).map(|_| 1 + rng.below(12)).collect();
-    widths.push(2 + rng.below(5)); // classes
+    widths.push(2 + rng.below(18)); // classes: padded widths 4..20, specialized or not
     let n_samples = 1 + rng.below(70);
     let h0 = (0..n_samples * widths[0])
         .map(|_| (2.0 * uniform(&mut rng) - 0.8).max(0.0))
@@ -259,7 +259,7 @@ fn same_result_for_any_thread_count_and_lanes() {
         pool.install(|| {
             (
                 mlp_curves(&big.walk(), &orders, 3, &levels).unwrap(),
-                mlp_importance(&big.walk(), 8).unwrap(),
+                mlp_importance(&big.walk(), 20).unwrap(),
             )
         })
     };
@@ -272,6 +272,22 @@ fn same_result_for_any_thread_count_and_lanes() {
     assert_eq!(one, portable);
 }
 
+fn scan_out_all<S: Lanes>(z: &[f32], w: &[f32], a: &[f32], out: &[f64], width: usize) -> Vec<f64> {
+    let mut results = Vec::new();
+    let (mut z1, mut a1) = (z.to_vec(), a.to_vec());
+    let mut logits = vec![0.5f64; width];
+    match width {
+        4 => S::scan_out::<true, true, 4>(&mut z1, 0.3, w, &mut a1, out, &mut logits),
+        8 => S::scan_out::<true, false, 8>(&mut z1, 0.3, w, &mut a1, out, &mut logits),
+        12 => S::scan_out::<false, true, 12>(&mut z1, 0.3, w, &mut a1, out, &mut logits),
+        16 => S::scan_out::<true, true, 16>(&mut z1, 0.3, w, &mut a1, out, &mut logits),
+        _ => S::scan_out::<true, true, 0>(&mut z1, 0.3, w, &mut a1, out, &mut logits),
+    }
+    results.extend(logits);
+    results.extend(z1.iter().chain(&a1).map(|&v| v as f64));
+    results
+}
+
 #[test]
 fn scan_variants_agree() {
     let mut rng = SplitMix64::new(11);
@@ -279,20 +295,103 @@ fn scan_variants_agree() {
         let z: Vec<f32> = (0..n).map(|_| uniform(&mut rng) - 0.5).collect();
         let w: Vec<f32> = (0..n).map(|_| uniform(&mut rng) - 0.5).collect();
         let a: Vec<f32> = z.iter().map(|v| v.max(0.0)).collect();
-        let (mut c1, mut c2, mut c3) = (Vec::new(), Vec::new(), Vec::new());
-        let (mut z1, mut a1) = (z.clone(), a.clone());
+        let (mut c1, mut z1, mut a1) = (Vec::new(), z.clone(), a.clone());
         Portable::axpy_scan(&mut z1, 0.3, &w, &mut a1, 5, &mut c1);
-        Portable::axpy_scan_ro(&z, 0.3, &w, &a, 5, &mut c2);
-        assert_eq!(c1, c2);
         assert!(a1.iter().zip(&z1).all(|(a, z)| *a == z.max(0.0)));
+        for width in [4usize, 8, 12, 16, 20] {
+            let out: Vec<f64> = (0..n * width).map(|_| uniform(&mut rng) as f64).collect();
+            let got = scan_out_all::<Portable>(&z, &w, &a, &out, width);
+            // the fused update against the change list it stands for
+            let axpy = width != 12;
+            let mut want = vec![0.5f64; width];
+            for k in 0..n {
+                let zk = if axpy { z[k] + 0.3 * w[k] } else { z[k] };
+                let change = zk.max(0.0) as f64 - a[k] as f64;
+                for c in 0..width {
+                    want[c] += change * out[k * width + c];
+                }
+            }
+            for c in 0..width {
+                assert!((got[c] - want[c]).abs() < 1e-12, "width {width} logit {c}");
+            }
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                assert_eq!(
+                    got,
+                    scan_out_all::<Avx2>(&z, &w, &a, &out, width),
+                    "width {width}"
+                );
+            }
+        }
+        for (width, cut) in [
+            (4usize, 0usize),
+            (8, 3),
+            (12, 8),
+            (12, 13),
+            (16, 2),
+            (20, 5),
+        ] {
+            let cut = cut.min(n);
+            let rows: Vec<f64> = (0..n * width).map(|_| uniform(&mut rng) as f64).collect();
+            let blocks = lanes::block_rows(&rows, n, width);
+            let run = |avx2: bool| {
+                let (mut z1, mut a1) = (z.clone(), a.clone());
+                let mut logits = vec![0.25f64; width];
+                macro_rules! go {
+                    ($lanes:ty, $p:literal) => {
+                        <$lanes>::scan_out_blocked::<true, true, $p>(
+                            &mut z1,
+                            0.3,
+                            &w,
+                            &mut a1,
+                            cut,
+                            &blocks,
+                            &rows,
+                            &mut logits,
+                        )
+                    };
+                }
+                match (avx2, width) {
+                    #[cfg(target_arch = "x86_64")]
+                    (true, 4) => go!(Avx2, 4),
+                    #[cfg(target_arch = "x86_64")]
+                    (true, 8) => go!(Avx2, 8),
+                    #[cfg(target_arch = "x86_64")]
+                    (true, 12) => go!(Avx2, 12),
+                    #[cfg(target_arch = "x86_64")]
+                    (true, 16) => go!(Avx2, 16),
+                    #[cfg(target_arch = "x86_64")]
+                    (true, _) => go!(Avx2, 0),
+                    (_, 4) => go!(Portable, 4),
+                    (_, 8) => go!(Portable, 8),
+                    (_, 12) => go!(Portable, 12),
+                    (_, 16) => go!(Portable, 16),
+                    _ => go!(Portable, 0),
+                }
+                (logits, z1, a1)
+            };
+            let got = run(false);
+            let mut want = vec![0.25f64; width];
+            for k in cut..n {
+                let change = (z[k] + 0.3 * w[k]).max(0.0) as f64 - a[k] as f64;
+                for (c, want_c) in want.iter_mut().enumerate() {
+                    *want_c += change * rows[k * width + c];
+                }
+            }
+            for (g, w) in got.0.iter().zip(&want) {
+                assert!((g - w).abs() < 1e-12, "blocked width {width} cut {cut}");
+            }
+            assert_eq!(&got.1[..cut], &z[..cut], "prefix left alone");
+            #[cfg(target_arch = "x86_64")]
+            if has_avx2() {
+                assert_eq!(got, run(true), "blocked width {width} cut {cut}");
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         if has_avx2() {
-            let (mut z2, mut a2) = (z.clone(), a.clone());
-            Avx2::axpy_scan(&mut z2, 0.3, &w, &mut a2, 5, &mut c3);
-            assert_eq!((c1.clone(), z1.clone(), a1.clone()), (c3.clone(), z2, a2));
-            c3.clear();
-            Avx2::axpy_scan_ro(&z, 0.3, &w, &a, 5, &mut c3);
-            assert_eq!(c1, c3);
+            let (mut c2, mut z2, mut a2) = (Vec::new(), z.clone(), a.clone());
+            Avx2::axpy_scan(&mut z2, 0.3, &w, &mut a2, 5, &mut c2);
+            assert_eq!((c1, z1, a1), (c2, z2, a2));
         }
     }
 }

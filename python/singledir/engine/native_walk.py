@@ -62,7 +62,9 @@ def _chain(
     for i, layer in enumerate(layers):
         if len(layer) != 2:
             raise InputError(f"layers[{i}] must be a (weight, bias) pair")
-        maps.append((_floats(layer[0], f"layers[{i}] weight", 2), _floats(layer[1], f"layers[{i}] bias", 1)))
+        maps.append(
+            (_floats(layer[0], f"layers[{i}] weight", 2), _floats(layer[1], f"layers[{i}] bias", 1))
+        )
     fill_arrays = [_floats(f, f"fills[{i}]", 1) for i, f in enumerate(fills)]
     y = _ints(labels, "labels", 1)
     if y.shape[0] != h.shape[0]:
