@@ -710,3 +710,30 @@ def test_a_mean_is_a_pooling_only_over_the_spatial_dims(spatial: bool) -> None:
     x, _ = _data((2, 4, 4), n=30, classes=3)
     _, plan = _check_curves(model, x, "relu")
     assert plan.path == ("cumsum" if spatial else "stacked")
+
+
+class _ResidualHead(nn.Module):
+    """The last site reaches the logits through an addition of a site-independent branch:
+    ``head(x + relu(fc(x)))``; affine in the site, but not a chain."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inp, self.fc, self.head = nn.Linear(5, 6), nn.Linear(6, 6), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.inp(x))
+        return self.head(h + F.relu(self.fc(h)))
+
+
+def test_an_added_site_independent_term_keeps_the_affine_tail() -> None:
+    torch.manual_seed(9)
+    model = _centered(_ResidualHead(), (5,))
+    x, _ = _data((5,), n=30, classes=3)
+    for layers, path in (("relu_1", "segments"), ("all", "segments")):
+        for value in ("zero", "mean"):
+            _, plan = _check_curves(model, x, layers, value=value, orderings=1)
+            assert (plan.runner, plan.path) == ("fx", path), plan
+    torch.manual_seed(2)
+    residual = _centered(_random_bn(_Residual()), (2, 5, 5))
+    _, plan = _check_curves(residual, _data((2, 5, 5), n=24, classes=3)[0], "a2", orderings=1)
+    assert plan.path == "stacked"  # a2 reaches the logits through a3 (a ReLU)

@@ -105,8 +105,8 @@ def parse_chain(
     i = site_pos + 1
     n = len(ops)
 
-    def skip(i: int) -> int:
-        while i < n and ops[i].kind == "pass":
+    def skip(i: int) -> int:  # ops whose linear part is the identity
+        while i < n and ops[i].kind in ("pass", "add_const"):
             i += 1
         return i
 

@@ -309,7 +309,7 @@ def plan_curves(engine: Setup, n_levels: int | None, method: str) -> tuple[Plan,
         found = FastPath("native-walk", None, None, native)
     else:
         found = fast_path(engine, n_levels)
-        if isinstance(found, str) and len(engine.specs) >= 2:
+        if isinstance(found, str):
             found = _segments_or(engine, n_levels, found)
     path = found.name if isinstance(found, FastPath) else "stacked"
     reason = (

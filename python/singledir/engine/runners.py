@@ -182,7 +182,8 @@ _SHAPE_METHODS = frozenset({"size", "dim"})
 class ChainOp:
     """One step of a chain: a graph node (with the shape queries it needs) applied to the
     previous step's output. ``kind``: ``linear``, ``conv``, ``bn``, ``pass``, ``flatten``,
-    ``pool_mean``, ``relu``, ``site`` (the first site itself) or ``other``; ``layer`` is the
+    ``pool_mean``, ``relu``, ``add_const`` (adds a value from elsewhere in the graph),
+    ``site`` (the first site itself) or ``other``; ``layer`` is the
     Linear / conv / batch-norm module of those kinds; ``out_shape`` is per-sample."""
 
     kind: str
@@ -194,6 +195,8 @@ class ChainOp:
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         assert self.gm is not None and self.inp is not None
+        if self.kind == "add_const":
+            raise RuntimeError("an add_const op runs only inside its graph")
         env: dict[fx.Node, Any] = {self.inp: h}
         for node in self.nodes:
             env[node] = run_node(self.gm, node, env)
@@ -300,12 +303,20 @@ def _spatial_mean(node: fx.Node, ndim: int) -> bool:
 
 
 def extract_chain(
-    gm: fx.GraphModule, site_nodes: Sequence[fx.Node], sample: dict[fx.Node, Any]
+    gm: fx.GraphModule,
+    site_nodes: Sequence[fx.Node],
+    sample: dict[fx.Node, Any],
+    *,
+    side_inputs: bool = False,
 ) -> tuple[list[ChainOp], list[int]] | str:
     """The ops from the first site node to the output when they form a chain (each op has
     one input that depends on the sites; other inputs are parameters, constants or shape
     queries), with the op position of every site; else the reason why not. ``sample`` holds
-    every node's value on a sample batch (for shapes)."""
+    every node's value on a sample batch (for shapes).
+
+    With ``side_inputs``, an addition of a value computed elsewhere in the graph (which
+    cannot depend on the chain: the chain's nodes have one user each) is an ``add_const``
+    op: affine in the chain's input, but only evaluable inside the whole graph."""
     nodes = list(gm.graph.nodes)
     cur = site_nodes[0]
     ops = [ChainOp("site", None, [cur], None, gm, tuple(sample[cur].shape[1:]))]
@@ -334,9 +345,15 @@ def extract_chain(
             if nxt.args[0] is not cur:
                 return "the model's output is not a single tensor"
             break
-        for inp in nxt.all_input_nodes:
-            if inp is not cur and inp not in helpers and not _constant_input(inp):
-                return f"op {nxt.name!r} combines the site path with another input"
+        side = [
+            inp
+            for inp in nxt.all_input_nodes
+            if inp is not cur and inp not in helpers and not _constant_input(inp)
+        ]
+        adds = (operator.add, operator.iadd, torch.add)
+        is_add = nxt.target in adds or (nxt.op == "call_method" and nxt.target == "add")
+        if side and not (side_inputs and is_add and len(nxt.all_input_nodes) == 2):
+            return f"op {nxt.name!r} combines the site path with another input"
         needed = sorted(
             (
                 h
@@ -352,6 +369,10 @@ def extract_chain(
             return f"op {nxt.name!r} does not output a tensor"
         op.kind, op.layer, op.out_shape = kind, layer, tuple(value.shape[1:])
         prev_shape = ops[-1].out_shape
+        if side:
+            if op.out_shape != prev_shape:
+                return f"op {nxt.name!r} broadcasts the site path"
+            op.kind = "add_const"
         if kind == "reshape":  # a flatten when it keeps the batch and flattens the rest
             numel = 1
             for s in prev_shape:
@@ -468,7 +489,7 @@ def make_runner(
         return HookRunner(model, specs), "the fx graph does not reproduce the model: hooks"
     chain = extract_chain(gm, located.nodes, sample)
     if isinstance(chain, str):
-        tail = extract_chain(gm, located.nodes[-1:], sample)
+        tail = extract_chain(gm, located.nodes[-1:], sample, side_inputs=True)
         fx_runner.tail_ops = None if isinstance(tail, str) else tail[0]
         return fx_runner, f"fx cut ({chain})"
     ops, pos = chain

@@ -1,5 +1,7 @@
 """Segmented curves: any number of sites, the last one reaching the logits through an
-affine tail (any runner that has the tail as a chain: a chain of ops or an fx cut).
+affine tail (any runner that has the tail as a chain: a chain of ops or an fx cut, where
+the tail may add values computed elsewhere in the graph, such as a residual branch).
+One site is the cumulative sum through the cut graph.
 
 Along an ordering, the levels fall into segments: a new segment starts at every event at
 an earlier site (sites 1..K-1). One stacked pass per segment start (masks at sites
@@ -21,7 +23,7 @@ from singledir.engine.directions import to_coords
 from singledir.engine.plan import Setup
 from singledir.engine.scoring import chunk_count, score
 from singledir.engine.stacked import mask_edit, ranks_of
-from singledir.engine.walk import tail_affine
+from singledir.engine.walk import tail_weight
 from singledir.progress import make_progress
 
 __all__ = ["segment_tail", "segment_count", "segment_curves"]
@@ -77,7 +79,7 @@ def segment_curves(
     segment_of_level = [
         torch.searchsorted(starts[o], level_t, right=True) - 1 for o in range(n_ord)
     ]
-    weight, _bias, fill_coords = tail_affine(engine.runner.tail_ops, tail, last, fills[-1])
+    weight, fill_coords = tail_weight(tail, last, fills[-1])
     # the logits of each pass already include the tail's bias
     weight64, fill64 = weight.double(), fill_coords.double()
     basis64 = None if last.basis is None else last.basis.double()

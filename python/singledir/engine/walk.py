@@ -48,18 +48,25 @@ __all__ = [
 TILE = 1 << 20  # elements per dense op of the incremental walk (keeps it in cache)
 
 
-def tail_affine(
-    ops: Sequence[ChainOp], chain: Chain, spec: SiteSpec, fill: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For an affine tail (site -> logits): weight ``(units, classes)`` acting on the
-    (spatially averaged) unit activity, the bias ``(classes,)`` and the fill value in that
-    reduced space ``(units,)``."""
+def tail_weight(
+    chain: Chain, spec: SiteSpec, fill: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For an affine tail (site -> logits): the weight ``(units, classes)`` acting on the
+    (spatially averaged) unit (direction) activity and the fill in that space ``(units,)``."""
     weight = chain.layer.weight
     assert isinstance(weight, torch.Tensor)
     wt = chain.weight_cols(torch.arange(spec.n_units, device=weight.device))
+    fill_r = torch.zeros(spec.n_units, dtype=wt.dtype, device=wt.device) if fill is None else fill
+    return wt, fill_r
+
+
+def tail_affine(
+    ops: Sequence[ChainOp], chain: Chain, spec: SiteSpec, fill: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`tail_weight` plus the bias ``(classes,)`` (the tail run on zeros)."""
+    wt, fill_r = tail_weight(chain, spec, fill)
     zero = torch.zeros(1, *spec.shape, dtype=wt.dtype, device=wt.device)
     bias = chain.run(ops, zero)[0]
-    fill_r = torch.zeros(spec.n_units, dtype=wt.dtype, device=wt.device) if fill is None else fill
     return wt, bias, fill_r
 
 
