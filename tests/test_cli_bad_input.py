@@ -39,10 +39,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     model = build_model(CONFIG)
     meta = {"dataset": "digits", "seed": 0, "data_seed": 0, "test_size": 40, "train_size": 40}
     ckpt = save_checkpoint(root / "mlp.pt", model, CONFIG, meta)
+    torch.save(model.state_dict(), root / "plain.pt")  # a user's own state dict
     acts = root / "acts.parquet"
     data = load_dataset("digits", "test", test_size=40)
     record_activations(model, data, "all", progress=False).write_parquet(acts)
-    return {"ckpt": ckpt, "acts": acts}
+    return {"ckpt": ckpt, "acts": acts, "plain": root / "plain.pt"}
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -162,6 +163,36 @@ def test_integers_beyond_range(
 ) -> None:
     argv = [*_base(command, files, tmp_path / "out.parquet"), option, value]
     _refused(argv, capsys, tmp_path, option)
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("ablate", "--orderings"),
+        ("noise", "--repeats"),
+        ("reproduce", "--seeds"),
+        ("reproduce", "--orderings"),
+        ("reproduce", "--ensemble-size"),
+    ],
+)
+def test_counts_that_would_plan_billions_of_passes(
+    command: str, option: str, files: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    argv = [*_base(command, files, tmp_path / "out.parquet"), option, "2000000000"]
+    _refused(argv, capsys, tmp_path, option, "out of range")
+
+
+@pytest.mark.parametrize("command", [*EVALUATORS, "sites"])
+def test_a_class_count_that_does_not_match_the_weights(
+    command: str, files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Refused before the model is built: 10**9 classes would allocate gigabytes first.
+    argv = [*_base(command, files, tmp_path / "o.parquet")]
+    argv[1] = str(files["plain"])
+    if command == "sites":
+        argv = ["sites", str(files["plain"])]
+    argv += ["--arch", "mlp", "--dataset", "digits", "--num-classes", "1000000000"]
+    _refused(argv, capsys, tmp_path, "--num-classes 1000000000", "10 outputs")
 
 
 # ---------------------------------------------------------------------------------- files

@@ -280,6 +280,14 @@ def _infer_config(
     in_shape: tuple[int, ...] | None,
 ) -> dict[str, Any]:
     cfg: dict[str, Any] = {"arch": arch}
+    out_weight = sd.get("fc.weight" if arch in ("resnet18", "resnet50") else "fc_out.weight")
+    if num_classes is not None and out_weight is not None:
+        # Checked before the model is built: a typo such as 10**9 classes would allocate first.
+        if out_weight.ndim != 2 or int(out_weight.shape[0]) != int(num_classes):
+            raise CheckpointError(
+                f"weights do not fit {arch!r} with --num-classes {num_classes}: their last "
+                f"layer has {int(out_weight.shape[0])} outputs; drop --num-classes or fix it"
+            )
     if arch in ("resnet18", "resnet50"):
         w = sd.get("conv1.weight")
         fc = sd.get("fc.weight")

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from singledir.cli.options import (
-    INT_MAX,
+    MAX_REPEATS,
     ArchOpt,
     BatchSizeOpt,
     CheckpointArg,
@@ -46,7 +46,10 @@ def ablate(
     orderings: Annotated[
         int,
         typer.Option(
-            "--orderings", parser=bounded_int(1, INT_MAX), metavar="INT", help="Random orderings."
+            "--orderings",
+            parser=bounded_int(1, MAX_REPEATS),
+            metavar="INT",
+            help="Random orderings.",
         ),
     ] = 10,
     split: SplitOpt = Split.train,

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from singledir.cli.options import (
-    INT_MAX,
+    MAX_REPEATS,
     ArchOpt,
     BatchSizeOpt,
     CheckpointArg,
@@ -68,7 +68,7 @@ def noise(
     repeats: Annotated[
         int,
         typer.Option(
-            "--repeats", parser=bounded_int(1, INT_MAX), metavar="INT", help="Draws per scale."
+            "--repeats", parser=bounded_int(1, MAX_REPEATS), metavar="INT", help="Draws per scale."
         ),
     ] = 5,
     split: SplitOpt = Split.train,

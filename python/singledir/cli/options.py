@@ -24,6 +24,7 @@ from singledir.io import check_output_path
 
 __all__ = [
     "INT_MAX",
+    "MAX_REPEATS",
     "Split",
     "Order",
     "Value",
@@ -64,6 +65,9 @@ __all__ = [
 # The largest count any option takes: it fits every integer type the engine and the Rust core
 # use (int32 included), so a bigger value is a typo, not a request.
 INT_MAX = 2**31 - 1
+# Orderings, repeats and seeds each cost a full pass or a run: beyond this a value is a typo
+# that would make the library plan (and allocate for) billions of them.
+MAX_REPEATS = 100_000
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from singledir.cli.options import INT_MAX, bounded_float, bounded_int, plain, say
+from singledir.cli.options import INT_MAX, MAX_REPEATS, bounded_float, bounded_int, plain, say
 
 __all__ = ["reproduce"]
 
@@ -33,8 +33,8 @@ def _lists(**values: str | None) -> dict[str, Any]:
     return out
 
 
-def _count(option: str, help_text: str, low: int = 1) -> Any:
-    return typer.Option(option, parser=bounded_int(low, INT_MAX), metavar="INT", help=help_text)
+def _count(option: str, help_text: str, low: int = 1, high: int = INT_MAX) -> Any:
+    return typer.Option(option, parser=bounded_int(low, high), metavar="INT", help=help_text)
 
 
 def _number(option: str, help_text: str) -> Any:
@@ -70,10 +70,12 @@ def reproduce(
         str | None, typer.Option(help="Ray cluster HOST:PORT or auto (with ray)")
     ] = None,
     workers: Annotated[
-        int | None, _count("--workers", "parallel runs (default: the cores)")
+        int | None, _count("--workers", "parallel runs (default: the cores)", high=4096)
     ] = None,
     seed: Annotated[int | None, _count("--seed", "first seed", low=0)] = None,
-    seeds: Annotated[int | None, _count("--seeds", "seeds (repeats) per condition")] = None,
+    seeds: Annotated[
+        int | None, _count("--seeds", "seeds (repeats) per condition", high=MAX_REPEATS)
+    ] = None,
     model: Annotated[str | None, typer.Option(help="mlp, convnet11, resnet18, resnet50")] = None,
     widths: Annotated[str | None, typer.Option(help="MLP hidden widths, e.g. 128,128")] = None,
     width: Annotated[float | None, _number("--width", "ConvNet11 channel multiplier")] = None,
@@ -84,7 +86,9 @@ def reproduce(
     lr: Annotated[float | None, _number("--lr", "learning rate")] = None,
     weight_decay: Annotated[float | None, _number("--weight-decay", "weight decay")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N")] = None,
-    orderings: Annotated[int | None, _count("--orderings", "random ablation orderings")] = None,
+    orderings: Annotated[
+        int | None, _count("--orderings", "random ablation orderings", high=MAX_REPEATS)
+    ] = None,
     levels: Annotated[int | None, _count("--levels", "ablation levels per curve", low=2)] = None,
     ablation_samples: Annotated[
         int | None, _count("--ablation-samples", "training samples the ablation uses")
@@ -95,14 +99,18 @@ def reproduce(
     noise_scales: Annotated[
         str | None, typer.Option(help="noise std multiples, e.g. 0,0.5,1,2")
     ] = None,
-    noise_repeats: Annotated[int | None, _count("--noise-repeats", "noise draws per scale")] = None,
+    noise_repeats: Annotated[
+        int | None, _count("--noise-repeats", "noise draws per scale", high=MAX_REPEATS)
+    ] = None,
     corrupt: Annotated[
         float | None, _number("--corrupt", "label corruption of the training runs")
     ] = None,
     fractions: Annotated[
         str | None, typer.Option(help="corruption fractions, e.g. 0,0.5,1")
     ] = None,
-    ensemble_size: Annotated[int | None, _count("--ensemble-size", "nets in the ensemble")] = None,
+    ensemble_size: Annotated[
+        int | None, _count("--ensemble-size", "nets in the ensemble", high=MAX_REPEATS)
+    ] = None,
     snapshot_every: Annotated[
         int | None, _count("--snapshot-every", "epochs between snapshots")
     ] = None,
