@@ -737,3 +737,37 @@ def test_an_added_site_independent_term_keeps_the_affine_tail() -> None:
     residual = _centered(_random_bn(_Residual()), (2, 5, 5))
     _, plan = _check_curves(residual, _data((2, 5, 5), n=24, classes=3)[0], "a2", orderings=1)
     assert plan.path == "stacked"  # a2 reaches the logits through a3 (a ReLU)
+
+
+@pytest.mark.parametrize("value", ["zero", "mean"])
+def test_importance_through_an_affine_tail_in_a_graph(value: str) -> None:
+    from singledir.engine.importance import importance_path
+
+    torch.manual_seed(9)
+    model = _centered(_ResidualHead(), (5,))
+    x, _ = _data((5,), n=30, classes=3)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    engine = setup(model, (x, y), "relu,relu_1", None, torch.device("cpu"), torch.float32)
+    assert [importance_path(engine.for_site(k), True)[0] for k in (0, 1)] == ["stacked", "tail"]
+    df = unit_importance(model, (x, y), "relu,relu_1", value=value, progress=False)
+    for site in ("relu", "relu_1"):
+        part = df.filter(pl.col("layer") == site)
+        fills = ref.naive_moments(model, x, [site])[0] if value == "mean" else None
+        rows = ref.naive_importance(model, x, y, site, fills=fills)
+        got = np.rint(part["accuracy"].to_numpy() * len(y)).astype(int)
+        assert np.all(np.abs(got - [r[0] for r in rows]) <= [r[2] for r in rows])
+        np.testing.assert_allclose(part["loss"], [r[1] for r in rows], rtol=1e-5, atol=1e-5)
+        per_class = np.stack([r[3] for r in rows])  # (units, classes) correct counts
+        with torch.no_grad():
+            hit = (model(x).argmax(1) == y).numpy()
+        sizes = np.bincount(y.numpy(), minlength=3)
+        for k in range(3):
+            if sizes[k]:
+                base_k = hit[y.numpy() == k].mean()
+                want = base_k - per_class[:, k] / sizes[k]
+                np.testing.assert_allclose(
+                    part[f"accuracy_drop_class_{k}"],
+                    want,
+                    atol=1e-12 + max(r[2] for r in rows) / sizes[k],
+                )

@@ -18,19 +18,25 @@ from singledir.engine.plan import Setup
 from singledir.engine.runners import ChainRunner
 from singledir.engine.scoring import chunk_count, score_per_class
 from singledir.engine.stacked import mask_edit
-from singledir.engine.walk import TILE
+from singledir.engine.walk import TILE, tail_weight
 
 __all__ = ["site_importance", "importance_path"]
 
 
 def importance_path(site_setup: Setup, incremental: bool) -> tuple[str, Any]:
-    """``("incremental", chain)`` when the site reaches an affine chain, else
-    ``("stacked", reason)``."""
+    """``("incremental", chain)`` when the site reaches an affine chain, ``("tail",
+    chain)`` when the site's own tail to the logits is affine inside a graph that is not a
+    chain (e.g. a residual branch added), else ``("stacked", reason)``."""
     runner = site_setup.runner
     spec = site_setup.specs[0]
     if not incremental:
         return "stacked", "method asked for"
     if not isinstance(runner, ChainRunner):
+        from singledir.engine.segments import segment_tail
+
+        tail = segment_tail(site_setup)
+        if not isinstance(tail, str):
+            return "tail", tail  # one pass, then one rank-1 logit term per unit
         return "stacked", f"not a chain after the site ({site_setup.runner_reason})"
     if spec.unit_dim != 1:
         return "stacked", "the unit axis is not dim 1"
@@ -59,6 +65,8 @@ def site_importance(
     per_class = torch.zeros(n, n_classes, dtype=torch.long)
     path, chain = importance_path(site_setup, incremental)
     units_all = torch.arange(n, device=site_setup.device)
+    if path == "tail":
+        return _tail_importance(site_setup, chain, fill, bar, task)
     for x, y in site_setup.batches:
         b = x.shape[0]
         h = runner.prefix(x)
@@ -90,4 +98,41 @@ def site_importance(
             loss[a : a + m] += s
             per_class[a : a + m] += pc
             bar.advance(task, m)
+    return correct, loss, per_class
+
+
+def _tail_importance(
+    site_setup: Setup, tail: Any, fill: torch.Tensor | None, bar: Any, task: Any
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each unit alone through an affine tail: one pass for the logits and the site's
+    activity, then ``logits + (fill_u - r_u) w_u`` per unit (float64)."""
+    spec = site_setup.specs[0]
+    runner = site_setup.runner
+    n = spec.n_units
+    weight, fill_coords = tail_weight(tail, spec, fill)
+    weight64, fill64 = weight.double(), fill_coords.double()
+    correct = torch.zeros(n, dtype=torch.long)
+    loss = torch.zeros(n, dtype=torch.float64)
+    per_class = torch.zeros(n, site_setup.n_classes, dtype=torch.long)
+    for x, y in site_setup.batches:
+        captured: list[torch.Tensor] = []
+
+        def keep(_k: int, out: torch.Tensor, captured: list[torch.Tensor] = captured) -> Any:
+            captured.append(out)
+            return out
+
+        logits = runner.suffix(runner.prefix(x), 1, keep).double()  # (b, C)
+        h = captured[0]
+        r = h.mean(dim=tuple(range(2, h.ndim))) if h.ndim > 2 else h
+        coords = to_coords(r.double(), None if spec.basis is None else spec.basis.double())
+        step = max(1, TILE // max(1, x.shape[0] * site_setup.n_classes))
+        for a in range(0, n, step):
+            units = slice(a, min(n, a + step))
+            delta = (fill64[units] - coords[:, units]).t().unsqueeze(-1)  # (m, b, 1)
+            stacked = logits.unsqueeze(0) + delta * weight64[units].unsqueeze(1)  # (m, b, C)
+            c, s, pc = score_per_class(stacked, y, site_setup.n_classes)
+            correct[units] += c
+            loss[units] += s
+            per_class[units] += pc
+            bar.advance(task, stacked.shape[0])
     return correct, loss, per_class
