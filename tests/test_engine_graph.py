@@ -771,3 +771,38 @@ def test_importance_through_an_affine_tail_in_a_graph(value: str) -> None:
                     want,
                     atol=1e-12 + max(r[2] for r in rows) / sizes[k],
                 )
+
+
+def test_noise_along_directions_matches_a_projection_reference() -> None:
+    """Noise along direction d: ``h + s * sigma_d * z_d * d`` with sigma_d the std of the
+    coordinate h.d (documented draw: k in place of the unit axis)."""
+    model = _mlp()
+    x, _ = _data((12,), n=40, classes=4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    g = torch.Generator().manual_seed(11)
+    raw = {"relu": torch.randn(4, 10, generator=g)}
+    scales = (0.0, 1.0, 3.0)
+    df = noise_curves(
+        model,
+        (x, y),
+        "relu",
+        scales=scales,
+        repeats=2,
+        seed=5,
+        directions=raw,
+        batch_size=40,
+        progress=False,
+    )
+    q, r_factor = torch.linalg.qr(raw["relu"].double().t())  # Gram-Schmidt, signs kept
+    basis = (q * torch.sign(torch.diagonal(r_factor)).unsqueeze(0)).t()
+    sigma = torch.as_tensor(ref.naive_moments(model, x, ["relu"], None, [basis])[1][0])
+    for r in range(2):
+        z = torch.randn((40, 4), generator=torch.Generator().manual_seed(seed_for(5, r)))
+        for s in scales:
+            noise = (s * sigma * z.double()) @ basis  # (40, 10) in unit space
+            c, loss, border = ref.naive_noise(model, x, y, ["relu"], 1.0, [torch.ones(10)], [noise])
+            row = df.filter((pl.col("repeat") == r) & (pl.col("scale") == s))
+            assert abs(round(row["accuracy"][0] * 40) - c) <= border
+            assert row["loss"][0] == pytest.approx(loss, rel=1e-4, abs=1e-5)
+    assert df["accuracy"].n_unique() > 1

@@ -12,7 +12,7 @@ batch and all scales of a repeat go through one stacked pass.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,12 +22,13 @@ from torch import nn
 
 from singledir.curves import normalized_area
 from singledir.devices import resolve_device
+from singledir.engine.directions import from_coords
 from singledir.engine.plan import memory_budget_bytes, prepared, setup
 from singledir.engine.scoring import chunk_count, score, seed_for
 from singledir.engine.stacked import unit_moments
 from singledir.errors import InputError
 from singledir.progress import make_progress
-from singledir.sites import UnitDim
+from singledir.sites import SiteSpec, UnitDim
 
 __all__ = ["noise_curves", "noise_auc", "DEFAULT_SCALES"]
 
@@ -46,6 +47,7 @@ def noise_curves(
     device: str | torch.device | None = None,
     memory_budget_mb: float | None = None,
     unit_dim: UnitDim = None,
+    directions: str | Mapping[str, Any] = "units",
     progress: bool = True,
     method: str = "auto",
 ) -> pl.DataFrame:
@@ -56,6 +58,11 @@ def noise_curves(
     model, data, layers, unit_dim, batch_size, device, memory_budget_mb, progress, method:
         As in :func:`singledir.ablation.ablation_curves` (a unit's noise is added at every
         position; its sigma is over samples and positions).
+    directions:
+        ``"units"``, ``"random"`` or a dict ``site -> (k, C)`` (as in ``ablation_curves``):
+        with directions, the noise is added along each direction d,
+        ``h <- h + s * sigma_d * z_d * d`` (sigma_d the std of the coordinate ``h.d``), and
+        a site's draw has k in place of its unit axis.
     scales:
         Noise scales s (non-negative): noise std of unit u is ``s * sigma_u``.
     repeats:
@@ -80,7 +87,16 @@ def noise_curves(
     dev = resolve_device(device)
     with prepared(model, dev) as dtype, torch.no_grad():
         engine = setup(
-            model, data, layers, batch_size, dev, dtype, method=method, unit_dim=unit_dim
+            model,
+            data,
+            layers,
+            batch_size,
+            dev,
+            dtype,
+            method=method,
+            unit_dim=unit_dim,
+            directions=directions,
+            seed=seed,
         )
         runner = engine.runner
         sigmas = unit_moments(engine)[1]
@@ -99,9 +115,10 @@ def noise_curves(
                 b = x.shape[0]
                 chunk = chunk_count(budget, b * engine.row_bytes * 2, n_s)
                 for r in range(repeats):
-                    # drawn in the site's own layout, used with the unit axis on dim 1
+                    # drawn in the site's own layout (k directions in place of the unit
+                    # axis), used with that axis on dim 1
                     z = [
-                        torch.randn((b, *spec.shape), generator=gens[r], dtype=dtype)
+                        torch.randn((b, *_draw_shape(spec)), generator=gens[r], dtype=dtype)
                         .to(dev)
                         .movedim(spec.unit_dim, 1)
                         for spec in engine.specs
@@ -121,7 +138,11 @@ def noise_curves(
                             extra = [1] * (out.ndim - 2)
                             std = s_chunk.view(m, 1, 1, *extra) * sigmas[k].view(1, 1, -1, *extra)
                             view = out.reshape(m, b, *out.shape[1:])
-                            return (view + std * z[k].unsqueeze(0)).view(out.shape)
+                            noise = std * z[k].unsqueeze(0)
+                            basis = engine.specs[k].basis
+                            if basis is not None:  # coordinates back to unit space
+                                noise = from_coords(noise, basis, dim=2)
+                            return (view + noise).view(out.shape)
 
                         logits = runner.suffix(state, m, edit)
                         c, s = score(logits.view(m, b, -1), y)
@@ -137,6 +158,13 @@ def noise_curves(
             "seed": np.full(repeats * n_s, int(seed), dtype=np.int64),
         }
     )
+
+
+def _draw_shape(spec: SiteSpec) -> tuple[int, ...]:
+    """The per-sample noise draw: the site's shape, with k directions on the unit axis."""
+    shape = list(spec.shape)
+    shape[spec.unit_dim - 1] = spec.n_units
+    return tuple(shape)
 
 
 def noise_auc(df: pl.DataFrame) -> float:

@@ -16,6 +16,7 @@ from singledir.cli.options import (
     DataDirOpt,
     DatasetOpt,
     DeviceOpt,
+    DirectionsOpt,
     LayersOpt,
     MemoryBudgetOpt,
     NoPlotOpt,
@@ -86,6 +87,7 @@ def noise(
     train_size: TrainSizeOpt = None,
     test_size: TestSizeOpt = None,
     unit_dim: UnitDimOpt = None,
+    directions: DirectionsOpt = "units",
     quiet: QuietOpt = False,
 ) -> None:
     """Noise perturbation curves: accuracy as Gaussian noise is added to every unit.
@@ -123,6 +125,9 @@ def noise(
 
     unit_axes = parse_unit_dim(unit_dim)
     sites, units = site_units_of(model, data, layers, unit_dim=unit_axes)
+    from singledir.engine.directions import load_directions
+
+    chosen_directions = load_directions(directions, sites)
     curves = noise_curves(
         model,
         data,
@@ -134,6 +139,7 @@ def noise(
         device=device,
         memory_budget_mb=memory_budget_mb,
         unit_dim=unit_axes,
+        directions=chosen_directions,
         progress=not quiet,
     )
     auc = float(noise_auc(curves))
