@@ -210,6 +210,17 @@ def test_training_statistics_recomputed(tiny: dict) -> None:
         if after.height >= 3:
             rho = sps.spearmanr(after["test_loss"], after["auc"]).statistic
             assert fmt(rho, 2) in claim.statistic
+            if epochs["seed"].n_unique() == 1 and after.height <= 7:  # one seed: SciPy exact
+                x, y = after["test_loss"].to_numpy(), after["auc"].to_numpy()
+                ref = sps.permutation_test(
+                    (y,),
+                    lambda b, x=x: sps.spearmanr(x, b).statistic,
+                    permutation_type="pairings",
+                    alternative="less",
+                ).pvalue
+                assert claim.estimate == pytest.approx(rho)
+                assert claim.p_value == pytest.approx(ref)
+                assert claim.verdict == verdict_from_interval(claim.ci, 0.0, "less", ref)
         else:
             assert claim.verdict == INCONCLUSIVE
 

@@ -4,6 +4,7 @@ constructed data, power helpers against simulation, same seed same numbers."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -25,6 +26,7 @@ from singledir.inference import (
     min_detectable_difference,
     permutation_test_correlation,
     permutation_test_difference,
+    permutation_test_mean_correlation,
     sign_flip_test,
     spearman,
     verdict_from_interval,
@@ -264,3 +266,28 @@ def test_min_detectable_difference_against_simulation() -> None:
     assert math.isfinite(min_detectable_difference(1.0, 4, 4))
     assert math.isnan(min_detectable_difference(1.0, 4))  # 2^4 sign flips: p >= 1/16
     assert math.isfinite(min_detectable_difference(1.0, 5))
+
+
+def test_stratified_correlation_test_by_brute_force() -> None:
+    rng = np.random.default_rng(4)
+    groups = [(rng.normal(size=4), rng.normal(size=4)), (rng.normal(size=3), rng.normal(size=3))]
+    groups[0] = (groups[0][0], groups[0][0] + rng.normal(0, 0.5, 4))
+    mine = permutation_test_mean_correlation(groups, alternative="greater")
+    assert mine.exact and mine.n_resamples == 24 * 6
+    observed = np.mean([sps.spearmanr(x, y).statistic for x, y in groups])
+    null = [
+        np.mean(
+            [
+                sps.spearmanr(groups[0][0], groups[0][1][list(p0)]).statistic,
+                sps.spearmanr(groups[1][0], groups[1][1][list(p1)]).statistic,
+            ]
+        )
+        for p0 in itertools.permutations(range(4))
+        for p1 in itertools.permutations(range(3))
+    ]
+    assert mine.statistic == pytest.approx(observed)
+    assert mine.p_value == pytest.approx(np.mean(np.array(null) >= observed - 1e-12))
+    one = permutation_test_mean_correlation(groups[:1], alternative="less")
+    assert one.p_value == pytest.approx(
+        permutation_test_correlation(*groups[0], alternative="less").p_value
+    )
