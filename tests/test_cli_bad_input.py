@@ -294,6 +294,17 @@ def test_bracketed_paths_in_results_are_printed_intact(
     assert name in printed
 
 
+def test_the_ray_hint_keeps_its_extra(
+    files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` fails as if not installed
+    argv = [*_base("reproduce", files, tmp_path / "r"), "--executor", "ray"]
+    _refused(argv, capsys, tmp_path, "pip install 'singledir[ray]'")
+
+
 # --------------------------------------------------------------------------- order of work
 
 

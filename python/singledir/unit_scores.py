@@ -158,14 +158,14 @@ def compute_unit_scores(
 
 
 def ordering_scores(
-    order: str,
-    by: str | None,
-    table: str | Path | None,
     model: nn.Module,
     data: Any,
     sites: Sequence[str],
     units: dict[str, int],
     *,
+    order: str,
+    by: str | None = None,
+    table: str | Path | None = None,
     batch_size: int | None = None,
     device: str | None = None,
     progress: bool = True,

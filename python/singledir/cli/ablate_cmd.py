@@ -142,13 +142,13 @@ def ablate(
     if level_arg != "all":
         level_arg = int(level_arg)
     unit_scores = ordering_scores(
-        order.value,
-        by,
-        scores,
         model,
         data,
         sites,
         units,
+        order=order.value,
+        by=by,
+        table=scores,
         batch_size=batch_size,
         device=device,
         progress=not quiet,
