@@ -19,6 +19,11 @@ def as_double(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model).double().eval()
 
 
+def inputs64(x: torch.Tensor) -> torch.Tensor:
+    """Floating inputs in float64; integer inputs (token ids) as they are."""
+    return x.double() if x.is_floating_point() else x
+
+
 def hookable(model: nn.Module, sites: Sequence[str]) -> nn.Module:
     """``model`` itself when every site is a module; else a traced copy in which each
     graph-node site (an fx node name such as ``relu_1``) is followed by an ``nn.Identity``
@@ -94,7 +99,7 @@ def masked_logits(
     every position of their unit axis; with ``bases[k]`` ``(d, C)`` (orthonormal rows), the
     pooled index of site k runs over its directions and ablating direction v sets
     ``h <- h - (h.v - fill) v`` by an explicit loop over the ablated directions."""
-    sizes = site_shapes(model64, sites, x.double(), unit_dims, bases)
+    sizes = site_shapes(model64, sites, inputs64(x), unit_dims, bases)
     edits = {}
     off = 0
     for k, s in enumerate(sites):
@@ -117,7 +122,7 @@ def masked_logits(
 
         edits[s] = edit
         off += sizes[k]
-    return _hooked_forward(model64, x.double(), edits)
+    return _hooked_forward(model64, inputs64(x), edits)
 
 
 def summarize(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, float, int]:
@@ -167,8 +172,8 @@ def naive_importance(
     """Per unit of ``site`` (or of ``units``): (correct, loss, borderline, per-class
     correct)."""
     m64 = as_double(model)
-    n = site_shapes(m64, [site], x.double(), [unit_dim], [basis])[0]
-    n_cls = int(m64(x[:1].double()).shape[1])
+    n = site_shapes(m64, [site], inputs64(x), [unit_dim], [basis])[0]
+    n_cls = int(m64(inputs64(x[:1])).shape[1])
     out = []
     for u in range(n) if units is None else units:
         ablated = np.zeros(n, dtype=bool)
@@ -206,7 +211,7 @@ def naive_noise(
             return o + scale * sig.view(shape) * z
 
         edits[s] = edit
-    return summarize(_hooked_forward(m64, x.double(), edits), y)
+    return summarize(_hooked_forward(m64, inputs64(x), edits), y)
 
 
 def naive_moments(
@@ -221,7 +226,7 @@ def naive_moments(
     m64 = as_double(model)
     acts: dict[str, torch.Tensor] = {}
     edits = {s: (lambda o, s=s: (acts.__setitem__(s, o.detach().clone()), o)[1]) for s in sites}
-    _hooked_forward(m64, x.double(), edits)
+    _hooked_forward(m64, inputs64(x), edits)
     means, stds = [], []
     for k, s in enumerate(sites):
         a = acts[s].movedim(_dim(unit_dims, k), -1)

@@ -806,3 +806,42 @@ def test_noise_along_directions_matches_a_projection_reference() -> None:
             assert abs(round(row["accuracy"][0] * 40) - c) <= border
             assert row["loss"][0] == pytest.approx(loss, rel=1e-4, abs=1e-5)
     assert df["accuracy"].n_unique() > 1
+
+
+class _TokenPool(nn.Module):
+    """A sequence classifier whose last site reaches the logits through a mean over tokens
+    and a Linear layer (an affine tail with units on the last axis); integer tokens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.fc, self.head = nn.Embedding(20, 6), nn.Linear(6, 8), nn.Linear(8, 3)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.head(F.gelu(self.fc(self.embed(tokens))).mean(dim=1))
+
+
+@pytest.mark.parametrize("value", ["zero", "mean"])
+def test_mean_over_tokens_is_an_affine_tail(value: str) -> None:
+    from singledir.engine.importance import importance_path
+
+    torch.manual_seed(0)
+    model = _TokenPool().eval()
+    for p in model.parameters():
+        p.data.mul_(3.0)
+    tokens = torch.randint(0, 20, (30, 7), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        y = model(tokens).argmax(1)
+    plan = ablation_plan(model, (tokens, y))
+    assert (plan.path, plan.unit_dims) == ("segments", (2,))
+    df = ablation_curves(model, (tokens, y), orderings=2, value=value, progress=False)
+    fills = ref.naive_moments(model, tokens, ["gelu"], [2])[0] if value == "mean" else None
+    orders = unit_orderings(8, orderings=2).numpy()
+    rows = ref.naive_curves(model, tokens, y, ["gelu"], orders, list(range(9)), fills, [2])
+    _assert_rows(df, rows, 30)
+    engine = setup(model, (tokens, y), "gelu", None, torch.device("cpu"), torch.float32)
+    assert importance_path(engine.for_site(0), True)[0] == "tail"
+    imp = unit_importance(model, (tokens, y), value=value, progress=False)
+    rows_i = ref.naive_importance(model, tokens, y, "gelu", fills=fills, unit_dim=2)
+    got = np.rint(imp["accuracy"].to_numpy() * 30).astype(int)
+    assert np.all(np.abs(got - [r[0] for r in rows_i]) <= [r[2] for r in rows_i])
+    np.testing.assert_allclose(imp["loss"], [r[1] for r in rows_i], rtol=1e-5, atol=1e-5)

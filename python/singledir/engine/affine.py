@@ -98,10 +98,16 @@ class Chain:
 
 
 def parse_chain(
-    ops: Sequence[ChainOp], site_pos: int, site_ndim: int, basis: torch.Tensor | None = None
+    ops: Sequence[ChainOp],
+    site_pos: int,
+    site_ndim: int,
+    basis: torch.Tensor | None = None,
+    unit_dim: int = 1,
 ) -> Chain | None:
     """The affine chain right after the op at ``site_pos`` (whose output has ``site_ndim``
-    dims incl. batch, units on dim 1), or None when the next ops are not of that form."""
+    dims incl. batch, units on ``unit_dim``), or None when the next ops are not of that
+    form. Units off dim 1 (``(N, *positions, C)``) need a mean over every position before
+    a Linear layer."""
     i = site_pos + 1
     n = len(ops)
 
@@ -112,7 +118,13 @@ def parse_chain(
 
     i = skip(i)
     reduce_spatial = False
-    if i < n and ops[i].kind == "pool_mean" and site_ndim >= 3:
+    positions = tuple(d for d in range(1, site_ndim) if d != unit_dim)
+    if unit_dim != 1 or (i < n and ops[i].kind == "mean_over"):
+        if not (i < n and ops[i].kind == "mean_over" and ops[i].reduced == positions):
+            return None
+        reduce_spatial = True
+        i += 1
+    elif i < n and ops[i].kind == "pool_mean" and site_ndim >= 3:
         reduce_spatial = True
         flat = len(ops[i].out_shape) == 1
         i += 1

@@ -31,15 +31,15 @@ def importance_path(site_setup: Setup, incremental: bool) -> tuple[str, Any]:
     spec = site_setup.specs[0]
     if not incremental:
         return "stacked", "method asked for"
-    if not isinstance(runner, ChainRunner):
+    if not isinstance(runner, ChainRunner) or spec.unit_dim != 1:
         from singledir.engine.segments import segment_tail
 
         tail = segment_tail(site_setup)
         if not isinstance(tail, str):
             return "tail", tail  # one pass, then one rank-1 logit term per unit
+        if spec.unit_dim != 1:
+            return "stacked", "the unit axis is not dim 1 and the tail is not affine"
         return "stacked", f"not a chain after the site ({site_setup.runner_reason})"
-    if spec.unit_dim != 1:
-        return "stacked", "the unit axis is not dim 1"
     chain = parse_chain(runner.ops, runner.site_pos[0], len(spec.shape) + 1, spec.basis)
     if chain is None:
         return "stacked", "the site does not feed an affine layer"

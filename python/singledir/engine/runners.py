@@ -192,6 +192,7 @@ class ChainOp:
     inp: fx.Node | None
     gm: fx.GraphModule | None
     out_shape: tuple[int, ...] = ()
+    reduced: tuple[int, ...] = ()  # ``mean_over``: the dims averaged (of the full tensor)
 
     def __call__(self, h: torch.Tensor) -> torch.Tensor:
         assert self.gm is not None and self.inp is not None
@@ -287,19 +288,19 @@ def _classify(gm: fx.GraphModule, node: fx.Node, op: ChainOp) -> tuple[str, nn.M
     return "other", None
 
 
-def _spatial_mean(node: fx.Node, ndim: int) -> bool:
-    """``node`` (a mean or adaptive average pool) averages exactly dims 2.. of an
-    ``ndim``-D input: read off its arguments, not guessed from shapes."""
+def _mean_dims(node: fx.Node, ndim: int) -> tuple[int, ...] | None:
+    """The dims ``node`` (a mean or adaptive average pool to size 1) averages over an
+    ``ndim``-D input, read off its arguments (not guessed from shapes); None otherwise."""
     if node.target in (F.adaptive_avg_pool1d, F.adaptive_avg_pool2d):
         size = node.args[1] if len(node.args) > 1 else node.kwargs.get("output_size")
         sizes = size if isinstance(size, tuple | list) else (size,)
-        return all(s == 1 for s in sizes)
+        return tuple(range(2, ndim)) if all(s == 1 for s in sizes) else None
     dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
     if isinstance(dims, int):
         dims = (dims,)
     if not isinstance(dims, tuple | list) or not all(isinstance(d, int) for d in dims):
-        return False
-    return sorted(d % ndim for d in dims) == list(range(2, ndim))
+        return None
+    return tuple(sorted(d % ndim for d in dims))
 
 
 def extract_chain(
@@ -378,11 +379,17 @@ def extract_chain(
             for s in prev_shape:
                 numel *= s
             op.kind = "flatten" if op.out_shape == (numel,) else "other"
-        elif kind == "reduce":  # a mean over every spatial dim, leaving (C,) or (C, 1, ...)
+        elif kind == "reduce":
+            ndim = len(prev_shape) + 1
+            dims = _mean_dims(nxt, ndim)
             keeps = len(prev_shape) > 1 and op.out_shape[:1] == prev_shape[:1]
             ones = all(s == 1 for s in op.out_shape[1:])
-            spatial = _spatial_mean(nxt, len(prev_shape) + 1)
-            op.kind = "pool_mean" if keeps and ones and spatial else "other"
+            if dims == tuple(range(2, ndim)) and keeps and ones:
+                op.kind = "pool_mean"  # every dim after the channels, leaving (C,) or (C, 1..)
+            elif dims is not None and len(op.out_shape) == ndim - 1 - len(dims):
+                op.kind, op.reduced = "mean_over", dims  # e.g. over the tokens of (N, T, C)
+            else:
+                op.kind = "other"
         positions[nxt] = len(ops)
         ops.append(op)
         cur = nxt

@@ -35,9 +35,7 @@ def segment_tail(engine: Setup) -> Chain | str:
     last = engine.specs[-1]
     if ops is None:
         return "the ops after the last site are not a chain"
-    if last.unit_dim != 1:
-        return "the last site's unit axis is not dim 1"
-    tail = parse_chain(ops, 0, len(last.shape) + 1, last.basis)
+    tail = parse_chain(ops, 0, len(last.shape) + 1, last.basis, last.unit_dim)
     if tail is None or tail.end != len(ops):
         return "the ops after the last site are not one affine layer to the logits"
     return tail
