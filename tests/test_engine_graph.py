@@ -845,3 +845,27 @@ def test_mean_over_tokens_is_an_affine_tail(value: str) -> None:
     got = np.rint(imp["accuracy"].to_numpy() * 30).astype(int)
     assert np.all(np.abs(got - [r[0] for r in rows_i]) <= [r[2] for r in rows_i])
     np.testing.assert_allclose(imp["loss"], [r[1] for r in rows_i], rtol=1e-5, atol=1e-5)
+
+
+class _UntraceableSequence(nn.Module):
+    """(N, T, C) activations in a model fx cannot trace: the unit axis comes from the
+    modules that ran before the site (a Linear: the last axis)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc, self.act, self.head = nn.Linear(3, 6), nn.GELU(), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.act(self.fc(x))
+        if float(h.sum()) > -1e9:  # data-dependent control flow
+            h = h.mean(dim=1)
+        return self.head(h)
+
+
+def test_untraceable_sequence_model_infers_the_feature_axis() -> None:
+    torch.manual_seed(5)
+    model = _centered(_UntraceableSequence(), (4, 3))
+    x, _ = _data((4, 3), n=30, classes=3)
+    _, plan = _check_curves(model, x, "act")
+    assert (plan.runner, plan.unit_dims, plan.n_units) == ("hooks", (2,), (6,))
+    assert list_sites(model, (x, x[:, 0, 0].long())).rows() == [("act", "module", 6, 2, [4, 6])]
