@@ -19,6 +19,7 @@ from singledir.experiments.common import (
     analysis_params,
     claim_seed_of,
     load_model,
+    mean_intervals,
     ordering_aucs,
     run_ablation,
     unit_table,
@@ -197,5 +198,20 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         ),
         claims=claims,
         figures=figs,
-        tables=[("Per net", runs.drop("run_id"))],
+        tables=[
+            (
+                "Per net (AUC interval: 95% bootstrap over the net's orderings)",
+                runs.join(
+                    mean_intervals(
+                        {r: [aucs[r]] for r in runs["run_id"].to_list()},
+                        claim_seed_of(s, NAME, "table"),
+                    )
+                    .rename({"group": "run_id"})
+                    .select("run_id", "auc_ci_low", "auc_ci_high"),
+                    on="run_id",
+                )
+                .sort(["batchnorm", "seed"])
+                .drop("run_id"),
+            )
+        ],
     )
