@@ -53,8 +53,7 @@ def test_bootstrap_covers_a_normal_mean_about_95_percent(method: str) -> None:
         ci = bootstrap_interval(_mean, [as_units(x)], n_resamples=999, method=method, seed=r)
         hits += ci.low <= 1.5 <= ci.high
     lo, hi = _binomial_band(reps)
-    # the bootstrap is a little narrow at n = 40 (about 94%): allow 2 points below the band
-    assert lo - 0.02 <= hits / reps <= hi, hits / reps
+    assert lo <= hits / reps <= hi, hits / reps  # measured: 93.5% for both methods
 
 
 def test_bootstrap_two_groups_and_nested_units_cover() -> None:
@@ -74,9 +73,9 @@ def test_bootstrap_two_groups_and_nested_units_cover() -> None:
         ci = bootstrap_interval(_mean, [nets], n_resamples=999, seed=r)
         hits_nested += ci.low <= 0.7 <= ci.high
     lo, hi = _binomial_band(reps)
-    assert lo - 0.03 <= hits_diff / reps <= hi
-    # resampling orderings within nets on top of nets errs on the wide side
-    assert lo - 0.03 <= hits_nested / reps <= 1.0
+    # measured 92.3% and 91.7%: the bootstrap runs a little narrow at 20-30 units
+    assert lo <= hits_diff / reps <= hi
+    assert lo <= hits_nested / reps <= hi
 
 
 def test_bootstrap_matches_scipy_bca_roughly_and_is_seeded() -> None:
