@@ -552,14 +552,18 @@ def _conv11() -> nn.Module:
 
 
 @pytest.mark.parametrize("value", ["zero", "mean"])
-def test_segments_on_convnet_last_three_sites(value: str) -> None:
-    """Paper Fig. 2b/c: ConvNet11's last three sites, every level: one pass per event at
-    the first two sites, rank-1 logit terms for the third."""
+def test_kwalk_on_convnet_last_three_sites(value: str) -> None:
+    """Paper Fig. 2b/c: ConvNet11's last three sites, every level: the K-site walk (each
+    event a per-channel update of the next conv's output, rank-1 logit terms for the
+    third site), also along random directions."""
     x, _ = _data((3, 8, 8), n=24)
     _, plan = _check_curves(
         _conv11(), x, "last3", value=value, orderings=2 if value == "zero" else 1
     )
-    assert (plan.runner, plan.path) == ("chain", "segments")
+    assert (plan.runner, plan.path) == ("chain", "kwalk")
+    if value == "zero":
+        _, plan = _check_curves(_conv11(), x, "last3", directions="random", orderings=1)
+        assert plan.path == "kwalk"
     _, plan = _check_curves(_conv11(), x, "last3", levels=9, orderings=1)
     assert plan.path == "stacked"  # few levels: one pass per level is less work
 
@@ -605,7 +609,7 @@ def test_segments_through_an_fx_cut_and_with_directions() -> None:
     model = _centered(_random_bn(model), (6,)).double()
     xd = _data((6,), n=30, classes=3)[0].double()
     _, plan = _check_curves(model, xd, "all", directions="random")
-    assert plan.path == "segments"  # three sites, float64: no native walk
+    assert plan.path == "kwalk"  # three sites, float64: no native walk
     _check_curves(model, xd, "all", value="mean", orderings=1)
 
 

@@ -10,6 +10,8 @@
   rank-1 (per-channel) update, chosen when the work estimate is below stacked masks;
 - ``native-walk``: the chain to the logits is Linear [BN] layers with ReLUs between them
   over 2-D activations, on CPU in float32: the Rust walk (:mod:`singledir.engine.native_walk`);
+- ``kwalk``: three or more sites linked by affine layers (ReLU between): every event a
+  rank-1 / per-channel update, recomputing only after the next nonlinearity;
 - ``segments``: two or more sites where no walk applies but the last site has an affine
   tail: one stacked pass per earlier-site event, rank-1 logit terms for the last site;
 - ``stacked``: stacked masks through the cached suffix (chain, fx cut or hooks).
@@ -45,7 +47,8 @@ DEFAULT_BATCH = 1024
 @dataclass(frozen=True)
 class Plan:
     """Which path a model takes: ``runner`` (``chain``, ``fx`` or ``hooks``), ``path``
-    (``native-walk``, ``cumsum``, ``walk``, ``walk-linear``, ``segments``, ``stacked``),
+    (``native-walk``, ``cumsum``, ``walk``, ``walk-linear``, ``kwalk``, ``segments``,
+    ``stacked``),
     the sites with their unit axes and unit counts, and the reasons for both choices."""
 
     runner: str
@@ -224,6 +227,7 @@ class FastPath:
     chain1: Chain | None
     tail: Chain | None
     mlp: MlpChain | None = None
+    links: Any = None  # the K-site walk's chains (engine.kwalk)
 
 
 def _chain_at(runner: ChainRunner, spec: SiteSpec, k: int) -> Chain | None:
@@ -288,6 +292,22 @@ def stacked_cost(engine: Setup, chain1: Chain) -> float:
     return 2 * _layer_macs(chain1.layer, pre) + 4 * pre + 2 * s2.n_units * engine.n_classes
 
 
+def _kwalk_or(engine: Setup, n_levels: int | None, why_not_walk: str) -> FastPath | str:
+    """The K-site walk when it applies and its work estimate beats one pass per level and
+    one pass per segment."""
+    from singledir.engine.kwalk import kwalk_chains, kwalk_cost
+    from singledir.engine.segments import segment_count
+
+    links = kwalk_chains(engine)
+    if isinstance(links, str):
+        return f"{why_not_walk}; K-site walk: {links}"
+    walk, per_pass = kwalk_cost(engine, links)
+    passes = min(n_levels or engine.n_units + 1, segment_count(engine))
+    if walk > passes * per_pass:
+        return f"{why_not_walk}; K-site walk: more work than stacked passes"
+    return FastPath("kwalk", None, links.tail, links=links)
+
+
 def _segments_or(engine: Setup, n_levels: int | None, why_not_walk: str) -> FastPath | str:
     """The segmented path when it applies and does fewer passes than one per level."""
     from singledir.engine.segments import segment_count, segment_tail
@@ -309,6 +329,8 @@ def plan_curves(engine: Setup, n_levels: int | None, method: str) -> tuple[Plan,
         found = FastPath("native-walk", None, None, native)
     else:
         found = fast_path(engine, n_levels)
+        if isinstance(found, str) and len(engine.specs) >= 3:
+            found = _kwalk_or(engine, n_levels, found)
         if isinstance(found, str):
             found = _segments_or(engine, n_levels, found)
     path = found.name if isinstance(found, FastPath) else "stacked"
@@ -318,6 +340,8 @@ def plan_curves(engine: Setup, n_levels: int | None, method: str) -> tuple[Plan,
             "walk": "two sites linked by an affine layer: incremental walk",
             "walk-linear": "two sites, Linear then ReLU: incremental walk over kept units",
             "native-walk": "an MLP chain of 2-D activations on CPU: the Rust walk",
+            "kwalk": "sites linked by affine layers: K-site walk (rank-1 updates, recompute "
+            "after the next nonlinearity)",
             "segments": "the last site has an affine tail: one pass per earlier-site event, "
             "rank-1 logit terms for the last site",
         }[path]
