@@ -6,8 +6,8 @@
   stack of masks); :mod:`~singledir.engine.affine`: affine chains for rank-1 updates;
 - :mod:`~singledir.engine.plan`: the :class:`~singledir.engine.plan.Plan` (which path and why);
 - :mod:`~singledir.engine.stacked`: stacked masks; :mod:`~singledir.engine.walk`: the
-  cumulative sum and incremental walks; :mod:`~singledir.engine.segments`: K sites with an
-  affine tail at the last; :mod:`~singledir.engine.mlp_chain`: the MLP-chain description
+  cumulative sum and incremental walks; :mod:`~singledir.engine.kwalk`: the K-site walk;
+  :mod:`~singledir.engine.segments`: K sites with an affine tail at the last; :mod:`~singledir.engine.mlp_chain`: the MLP-chain description
   for the native walk (``native_walk``, KERNEL's); :mod:`~singledir.engine.importance`:
   single units;
 - :mod:`~singledir.engine.scoring`: accuracy / cross-entropy; :mod:`~singledir.engine.directions`:

@@ -13,10 +13,9 @@
 
 On CPU, sample chunks run on a thread pool with single-threaded torch ops.
 
-Three or more sites take the segmented path (:mod:`singledir.engine.segments`: rank-1
-terms for the last site only) or stacked masks; the general K-site walk (an event at any
-site a rank-1 update of its consumer, recomputing only after the next nonlinearity) is not
-built yet.
+Three or more sites linked by affine layers take the K-site walk
+(:mod:`singledir.engine.kwalk`); otherwise the segmented path
+(:mod:`singledir.engine.segments`: rank-1 terms for the last site only) or stacked masks.
 """
 
 from __future__ import annotations
