@@ -8,7 +8,7 @@ import sys
 
 import singledir
 
-_HEAVY = ("torch", "torchvision", "matplotlib", "sklearn")
+_HEAVY = ("torch", "torchvision", "numpy", "polars", "scipy", "matplotlib", "sklearn")
 
 
 def _loaded_after(code: str) -> set[str]:

@@ -21,27 +21,19 @@ import importlib
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from singledir.devices import resolve_device
 from singledir.errors import ConfigError
-from singledir.executors import Executor, make_executor
-from singledir.experiments.runner import (
-    MANIFEST,
-    ExperimentOutcome,
-    PhaseTimer,
-    RunRecord,
-    _now,
-    environment_info,
-    prepare_out_dir,
-    read_json,
-    run_all,
-    write_json,
-)
 from singledir.experiments.settings import PRESET_NAMES, Settings, resolve_settings
-from singledir.io import check_output_path
-from singledir.progress import make_progress
-from singledir.report import Section, write_report
+
+if TYPE_CHECKING:
+    from singledir.executors import Executor
+    from singledir.experiments.runner import ExperimentOutcome
+    from singledir.report import Section
+
+# The registry and the settings are light; the run machinery (runner, report, executors:
+# polars, scipy, torch) is imported when an experiment runs, so that `singledir reproduce
+# --help` stays fast.
 
 __all__ = [
     "EXPERIMENTS",
@@ -123,6 +115,20 @@ def run_experiment(
         Paths of ``report.html`` and ``report.md``, the claims with their verdicts, the
         number of runs (and how many were already done), and the phase timings.
     """
+    from singledir.devices import resolve_device
+    from singledir.executors import Executor, make_executor
+    from singledir.experiments.runner import (
+        MANIFEST,
+        ExperimentOutcome,
+        PhaseTimer,
+        _now,
+        environment_info,
+        prepare_out_dir,
+        write_json,
+    )
+    from singledir.io import check_output_path
+    from singledir.report import write_report
+
     key = _check_name(name)
     if str(preset).lower() not in PRESET_NAMES:
         raise ConfigError(f"unknown preset {preset!r}: choose one of {', '.join(PRESET_NAMES)}")
@@ -227,6 +233,20 @@ def _run_one(
     ex: Executor,
     progress: bool | None,
 ) -> tuple[ExperimentOutcome, Section]:
+    from singledir.experiments.runner import (
+        MANIFEST,
+        ExperimentOutcome,
+        PhaseTimer,
+        RunRecord,
+        _now,
+        environment_info,
+        read_json,
+        run_all,
+        write_json,
+    )
+    from singledir.progress import make_progress
+    from singledir.report import write_report
+
     module = experiment_module(name)
     t0 = time.perf_counter()
     manifest_path = out / MANIFEST
@@ -309,3 +329,11 @@ def _run_one(
         wall_s=wall,
     )
     return outcome, section
+
+
+def __getattr__(name: str) -> Any:
+    if name == "ExperimentOutcome":  # defined with the run machinery, imported on demand
+        from singledir.experiments.runner import ExperimentOutcome
+
+        return ExperimentOutcome
+    raise AttributeError(f"module 'singledir.experiments' has no attribute {name!r}")
