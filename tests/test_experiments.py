@@ -663,3 +663,21 @@ def test_paper_cost_counts_the_plan_and_help_states_it() -> None:
         c = paper_cost(name)
         assert f"{name}: {c['nets']} convnet11 nets x {c['epochs']} epochs" in text
         assert f"~{c['gpu_hours']:.3g} GPU h" in text
+
+
+def test_paper_preset_says_its_cost_before_starting(tmp_path: Path, monkeypatch) -> None:
+    from singledir.cli.app import app
+    from singledir.experiments.settings import paper_cost
+    from typer.testing import CliRunner
+
+    monkeypatch.delenv("SINGLEDIR_DATA", raising=False)
+    out = tmp_path / "paper"
+    result = CliRunner().invoke(
+        app, ["reproduce", "corruption", "--preset", "paper", "--out", str(out)]
+    )
+    cost = paper_cost("corruption")
+    text = " ".join(result.output.split())
+    assert f"paper preset: {cost['nets']} nets for corruption on cifar10" in text
+    assert "GPU hours" in text or f"~{cost['cpu_hours']:.3g} CPU hours" in text
+    assert result.exit_code != 0 and "cifar10" in text  # no CIFAR-10 here: refused
+    assert not out.exists() or not any(out.iterdir())  # nothing started
