@@ -4,6 +4,7 @@ their bad inputs (one-line error, non-zero exit, nothing written)."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from singledir.ablation import ablation_curves, unit_importance
+from singledir.ablation import ablation_curves, ablation_plan, unit_importance
 from singledir.checkpoint import load_checkpoint, save_checkpoint
 from singledir.data import load_dataset
 from singledir.models import build_model
@@ -72,6 +73,10 @@ def test_directions_and_unit_dim_match_library(
     assert code == 0, err
     want = ablation_curves(model, data, orderings=2, levels=4, directions="random", progress=False)
     np.testing.assert_array_equal(pl.read_parquet(out)["accuracy"], want["accuracy"])
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["directions"] == "random" and summary["seed"] == 0
+    plan = ablation_plan(model, data, levels=4, directions="random")
+    assert summary["engine"] == {"path": plan.path, "runner": "chain", "why": plan.runner_reason}
     basis = np.random.default_rng(0).normal(size=(4, 12))
     np.save(tmp_path / "dirs.npy", basis)
     out2 = tmp_path / "curves2.parquet"

@@ -170,6 +170,18 @@ def ablate(
         directions=chosen_directions,
         progress=not quiet,
     )
+    from singledir.ablation import ablation_plan
+
+    plan = ablation_plan(
+        model,
+        data,
+        sites,
+        levels=level_arg,
+        directions=chosen_directions,
+        unit_dim=unit_axes,
+        seed=seed,
+        device=device,
+    )
     auc_rows = ablation_auc(curves, per_ordering=True)
     assert not isinstance(auc_rows, float)  # per_ordering=True: one row per ordering
     auc_values = np.asarray(auc_rows["auc"].to_numpy(), dtype=np.float64)
@@ -189,6 +201,9 @@ def ablate(
         "scores": str(scores) if scores is not None else None,
         "value": value.value,
         "seed": seed,
+        "directions": directions,
+        "unit_dim": unit_dim,
+        "engine": {"path": plan.path, "runner": plan.runner, "why": plan.runner_reason},
         "base_accuracy": render.finite(summary["accuracy_mean"][0]),
         "auc": auc_mean,
         "auc_std": float(auc_values.std()) if auc_values.size else None,
@@ -204,6 +219,8 @@ def ablate(
         },
     }
     write_table(curves, out)
+    if plan.runner == "hooks":
+        say(f"note: {plan.runner_reason}")
     if plot_path is not None:
         from singledir.plots import plot_ablation_curves
 
