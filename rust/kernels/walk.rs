@@ -261,6 +261,7 @@ fn prepare(w: &Walk<'_>) -> KernelResult<Chain> {
 
 /// Initial pre-activations of one sample (`z_1 .. z_{L-1}`, concatenated) and its logits,
 /// summed in f64 from the sample's `h0` row.
+#[inline(always)]
 fn forward(chain: &Chain, h0: &[f32], z: &mut [f32], logits: &mut [f64], acc: &mut Vec<f64>) {
     let mut off = 0;
     let mut prev_off = usize::MAX; // usize::MAX: the previous activation is h0
@@ -306,6 +307,23 @@ fn forward(chain: &Chain, h0: &[f32], z: &mut [f32], logits: &mut [f64], acc: &m
     }
 }
 
+/// `forward` compiled for AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn forward_avx2(chain: &Chain, h0: &[f32], z: &mut [f32], logits: &mut [f64], acc: &mut Vec<f64>) {
+    forward(chain, h0, z, logits, acc)
+}
+
+/// `forward` with the best lanes this CPU has.
+fn forward_any(chain: &Chain, h0: &[f32], z: &mut [f32], logits: &mut [f64], acc: &mut Vec<f64>) {
+    #[cfg(target_arch = "x86_64")]
+    if has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { forward_avx2(chain, h0, z, logits, acc) };
+    }
+    forward(chain, h0, z, logits, acc)
+}
+
 /// Offsets of `z_1 .. z_{L-1}` in the concatenated pre-activations.
 fn z_offsets(chain: &Chain) -> Vec<usize> {
     let mut offs = vec![0; chain.depth() + 1];
@@ -338,7 +356,7 @@ fn has_avx2() -> bool {
     if FORCE_PORTABLE.with(|f| f.get()) {
         return false;
     }
-    std::arch::is_x86_feature_detected!("avx2")
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
 #[cfg(test)]

@@ -45,7 +45,7 @@ pub fn mlp_curves(
             .zip(logits0.par_chunks_mut(chain.padded))
             .enumerate()
             .for_each_init(Vec::new, |acc, (i, (z, lg))| {
-                forward(&chain, &h0[i * n0..(i + 1) * n0], z, lg, acc)
+                forward_any(&chain, &h0[i * n0..(i + 1) * n0], z, lg, acc)
             });
         for o in 0..n_orders {
             let plan = Plan::new(&chain, &orders[o * n..(o + 1) * n]);
@@ -69,7 +69,7 @@ pub fn mlp_curves(
                     let samples = c * CHUNK..((c + 1) * CHUNK).min(bn);
                     #[cfg(target_arch = "x86_64")]
                     if avx2 {
-                        // SAFETY: the CPU has AVX2 (checked above).
+                        // SAFETY: the CPU has AVX2 and FMA (checked above).
                         return unsafe { walk_chunk_avx2(&ctx, samples) };
                     }
                     walk_chunk_portable(&ctx, samples)
@@ -197,7 +197,7 @@ struct Ctx<'a> {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn walk_chunk_avx2(ctx: &Ctx<'_>, samples: std::ops::Range<usize>) -> (Vec<i64>, Vec<f64>) {
     by_width!(ctx.chain.padded, walk_chunk, Avx2, (ctx, samples))
 }
@@ -246,18 +246,27 @@ fn walk_chunk<S: Lanes, const P: usize>(
         }
         st.logits.copy_from_slice(&ctx.logits0[i * p..(i + 1) * p]);
         // A step that changes nothing (a unit already at its fill) keeps the last score.
+        // (A macro, not a closure: a closure would be compiled without the AVX2 features
+        // of this function.)
         let mut last_score: Option<(bool, f64)> = None;
-        let mut tally = |st: &mut State, level: usize, last: &mut Option<(bool, f64)>| {
-            let k = ctx.slot[level];
-            if k != usize::MAX {
-                let (hit, l) = *last.get_or_insert_with(|| {
-                    score(&st.logits, chain.n_classes, label, &mut st.scratch)
-                });
-                correct[k] += hit as i64;
-                loss[k] += l;
-            }
-        };
-        tally(&mut st, 0, &mut last_score);
+        macro_rules! tally {
+            ($level:expr) => {
+                let k = ctx.slot[$level];
+                if k != usize::MAX {
+                    let (hit, l) = match last_score {
+                        Some(v) => v,
+                        None => {
+                            let v = score(&st.logits, chain.n_classes, label, &mut st.scratch);
+                            last_score = Some(v);
+                            v
+                        }
+                    };
+                    correct[k] += hit as i64;
+                    loss[k] += l;
+                }
+            };
+        }
+        tally!(0);
         for (t, &(layer, idx)) in plan.events[..ctx.last].iter().enumerate() {
             let (layer, idx) = (layer as usize, idx as usize);
             let fill = if layer == 0 {
@@ -272,7 +281,7 @@ fn walk_chunk<S: Lanes, const P: usize>(
                 propagate::<S, P>(&maps, layer, idx, fill as f64 - old as f64, &mut st);
                 last_score = None;
             }
-            tally(&mut st, t + 1, &mut last_score);
+            tally!(t + 1);
         }
     }
     (correct, loss)

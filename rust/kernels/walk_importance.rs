@@ -34,7 +34,7 @@ pub fn mlp_importance(walk: &Walk<'_>, n_classes: usize) -> KernelResult<Importa
             let samples = c * CHUNK..((c + 1) * CHUNK).min(walk.n_samples);
             #[cfg(target_arch = "x86_64")]
             if avx2 {
-                // SAFETY: the CPU has AVX2 (checked above).
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
                 return unsafe { importance_chunk_avx2(&ctx, samples) };
             }
             importance_chunk_portable(&ctx, samples)
@@ -67,7 +67,7 @@ struct Ctx<'a> {
 }
 
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
+#[target_feature(enable = "avx2,fma")]
 fn importance_chunk_avx2(ctx: &Ctx<'_>, samples: std::ops::Range<usize>) -> Importance {
     by_width!(ctx.chain.padded, importance_chunk, Avx2, (ctx, samples))
 }

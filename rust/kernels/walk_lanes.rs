@@ -2,8 +2,10 @@
 //! per-level score.
 //!
 //! The scan is the one loop the compiler cannot vectorize on its own (it compacts the indices
-//! of changed units), so it has an AVX2 version next to the portable one. Both use a separate
-//! multiply and add (no fused multiply-add), so they give bit-identical results.
+//! of changed units), so it has an AVX2 version next to the portable one. Both do the same
+//! operations in the same order (a separate multiply and add, except the fused multiply-adds
+//! of the blocked logits update, `mul_add` in the portable version), so they give
+//! bit-identical results.
 
 /// The ReLU change scan: given pre-activations `z` and the activations `a` they produced
 /// before, find the units whose ReLU output changed, store the new output in `a` and push
@@ -125,12 +127,13 @@ fn scan_out_blocked_portable<const AXPY: bool, const WRITE: bool, const P: usize
         }
         if any {
             let block = &blocks[g * 8 * P..(g + 1) * 8 * P];
+            // fused multiply-adds, as the AVX2 version (native on aarch64 and with FMA)
             for (c, acc_c) in acc.iter_mut().enumerate() {
                 for l in 0..4 {
-                    acc_c[l] += change[l] * block[c * 8 + l];
+                    acc_c[l] = change[l].mul_add(block[c * 8 + l], acc_c[l]);
                 }
                 for l in 0..4 {
-                    acc_c[l] += change[4 + l] * block[c * 8 + 4 + l];
+                    acc_c[l] = change[4 + l].mul_add(block[c * 8 + 4 + l], acc_c[l]);
                 }
             }
         }
@@ -415,7 +418,7 @@ mod avx2 {
 
     /// The blocked path of `scan_out_blocked` (same operations, in the same order, as
     /// `scan_out_blocked_portable`).
-    #[target_feature(enable = "avx2")]
+    #[target_feature(enable = "avx2,fma")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
     unsafe fn blocked8<const AXPY: bool, const WRITE: bool, const P: usize>(
@@ -484,9 +487,8 @@ mod avx2 {
                 }
                 let block = blocks.add(k * P);
                 for (c, v) in acc.iter_mut().enumerate() {
-                    *v = _mm256_add_pd(*v, _mm256_mul_pd(lo, _mm256_loadu_pd(block.add(c * 8))));
-                    *v =
-                        _mm256_add_pd(*v, _mm256_mul_pd(hi, _mm256_loadu_pd(block.add(c * 8 + 4))));
+                    *v = _mm256_fmadd_pd(lo, _mm256_loadu_pd(block.add(c * 8)), *v);
+                    *v = _mm256_fmadd_pd(hi, _mm256_loadu_pd(block.add(c * 8 + 4)), *v);
                 }
             }
             k += 8;
