@@ -21,7 +21,7 @@ from singledir.engine.plan import setup
 from singledir.engine.scoring import seed_for
 from singledir.errors import InputError, SiteError
 from singledir.sites import resolve_sites, site_specs
-from test_ablation_engine import _centered, _data, _random_bn
+from test_ablation_engine import _centered, _data, _random_bn, _random_sequential
 from torch import nn
 
 torch.set_num_threads(1)
@@ -873,3 +873,44 @@ def test_untraceable_sequence_model_infers_the_feature_axis() -> None:
     _, plan = _check_curves(model, x, "act")
     assert (plan.runner, plan.unit_dims, plan.n_units) == ("hooks", (2,), (6,))
     assert list_sites(model, (x, x[:, 0, 0].long())).rows() == [("act", "module", 6, 2, [4, 6])]
+
+
+@settings(max_examples=8, deadline=None)
+@given(arch=_random_sequential(), value=st.sampled_from(["zero", "mean"]), seed=st.integers(0, 99))
+def test_property_random_directions_on_random_sequentials(arch, value: str, seed: int) -> None:
+    """Every path (native walk excepted: it takes units only) along random orthonormal
+    directions, against the explicit projection reference."""
+    model, shape, sites = arch
+    x, _ = _data(shape, n=24, classes=3)
+    with torch.no_grad():
+        y = model.eval()(x).argmax(1)
+    engine = setup(
+        model,
+        (x, y),
+        sites,
+        None,
+        torch.device("cpu"),
+        torch.float32,
+        directions="random",
+        seed=seed,
+    )
+    df = ablation_curves(
+        model,
+        (x, y),
+        sites,
+        orderings=1,
+        value=value,
+        directions="random",
+        seed=seed,
+        progress=False,
+    )
+    names = engine.sites
+    bases = [s.basis for s in engine.specs]
+    orders = unit_orderings(engine.n_units, orderings=1, seed=seed).numpy()
+    fills = ref.naive_moments(model, x, names, None, bases)[0] if value == "mean" else None
+    rows = ref.naive_curves(
+        model, x, y, names, orders, list(range(engine.n_units + 1)), fills, None, bases
+    )
+    got = np.rint(df["accuracy"].to_numpy() * 24).astype(int)
+    assert np.all(np.abs(got - [r[2] for r in rows]) <= [r[4] for r in rows])
+    np.testing.assert_allclose(df["loss"], [r[3] for r in rows], rtol=1e-5, atol=1e-5)
