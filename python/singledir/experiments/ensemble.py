@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from singledir.curves import level_bands
+from singledir.curves import net_bands
 from singledir.experiments import figures
 from singledir.experiments.common import (
     analysis_params,
@@ -101,7 +101,9 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
             .otherwise(pl.lit("other"))
             .alias("group")
         ).filter(pl.col("group") != "other")
-        summary = level_bands(grouped, "fraction_ablated", "accuracy", by="group")
+        # the spread between nets (each net's curve averaged over its orderings), the
+        # variability the best/worst comparison is about
+        summary = net_bands(grouped, "fraction_ablated", "accuracy", by="group")
         aucs = ordering_aucs(curves)
         claims: list[Claim] = [
             correlation_claim(
@@ -131,7 +133,8 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         figs = [
             (
                 f"Ablation curves of the {k} best and {k} worst generalizing nets "
-                f"(mean +/- std over nets and {s.orderings} orderings)",
+                f"(mean +/- std over the nets of each group; each net's curve is its mean over "
+                f"{s.orderings} orderings)",
                 figures.curves_figure(
                     summary,
                     fig_dir / "ensemble_best_worst_curves.png",
