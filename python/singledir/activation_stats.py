@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,9 +45,9 @@ ACTIVATION_COLUMNS = ("layer", "unit", "sample", "label", "activation")
 #: Records collected per pass when MI needs each unit's values together (8 bytes each).
 DEFAULT_BATCH_ROWS = 20_000_000
 
-#: Records per batch handed to the core: None takes polars' own batches (morsels), whose
-#: columns are single arrays that reach the core without a copy.
-READ_BATCH_ROWS: int | None = None
+#: Records per slice of a file handed to the core (a multiple of polars' default row group,
+#: 512**2, so slices cover whole row groups of files polars wrote).
+READ_BATCH_ROWS = 1 << 20
 
 #: Layer runs per batch handled as runs; beyond it (layers interleaved record by record) the
 #: layer names are mapped record by record.
@@ -107,9 +108,20 @@ def _check_schema(lf: pl.LazyFrame, where: str) -> None:
             )
 
 
-def _batches(lf: pl.LazyFrame, with_samples: bool, where: str) -> Iterator[pl.DataFrame]:
+def _read_slice(lf: pl.LazyFrame, offset: int, length: int) -> pl.DataFrame:
+    return lf.slice(offset, length).collect()
+
+
+def _batches(
+    lf: pl.LazyFrame, with_samples: bool, where: str, from_file: bool
+) -> Iterator[pl.DataFrame]:
     """The table in batches, projected to the columns this pass needs, integers as int64 and
-    activations as float32 (no copy when the file has these types)."""
+    activations as float32 (no copy when the file has these types).
+
+    A file is read in slices of ``READ_BATCH_ROWS`` records (polars reads only the row
+    groups a slice covers), the next slice being read while the core works on this one: two
+    slices in memory at most, however large the file. Other sources stream through polars'
+    batches."""
     columns = [
         pl.col("layer"),
         pl.col("unit").cast(pl.Int64),
@@ -118,8 +130,21 @@ def _batches(lf: pl.LazyFrame, with_samples: bool, where: str) -> Iterator[pl.Da
     ]
     if with_samples:
         columns.append(pl.col("sample").cast(pl.Int64))
+    projected = lf.select(columns)
     try:
-        yield from lf.select(columns).collect_batches(chunk_size=READ_BATCH_ROWS)
+        if not from_file:
+            yield from projected.collect_batches()
+            return
+        n_rows = int(lf.select(pl.len()).collect().item())
+        with ThreadPoolExecutor(1) as reader:
+            ahead = reader.submit(_read_slice, projected, 0, READ_BATCH_ROWS)
+            for offset in range(0, n_rows, READ_BATCH_ROWS):
+                batch = ahead.result()
+                if offset + READ_BATCH_ROWS < n_rows:
+                    ahead = reader.submit(
+                        _read_slice, projected, offset + READ_BATCH_ROWS, READ_BATCH_ROWS
+                    )
+                yield batch
     except (DataError, InputError):
         raise
     except Exception as exc:
@@ -151,16 +176,21 @@ def _add_batch(stats: _core.RecordStats, batch: pl.DataFrame, with_samples: bool
         _column(batch, "label", np.int64),
         _column(batch, "activation", np.float32),
     )
-    runs = batch["layer"].rle()
+    layer = batch["layer"]
+    if (layer == layer[0]).all():  # one layer: the usual batch, and a cheaper test than rle
+        codes = np.array([stats.layer_code(str(layer[0]))], dtype=np.uint32)
+        stats.add_runs(codes, np.array([batch.height], dtype=np.uint64), *columns)
+        return
+    runs = layer.rle()
     if runs.len() <= MAX_LAYER_RUNS:
         lengths = runs.struct.field("len").to_numpy().astype(np.uint64)
-        names = runs.struct.field("value").cast(pl.String).to_list()
-        codes = np.array([stats.layer_code(name) for name in names], dtype=np.uint32)
+        run_names = runs.struct.field("value").cast(pl.String).to_list()
+        codes = np.array([stats.layer_code(name) for name in run_names], dtype=np.uint32)
         stats.add_runs(codes, lengths, *columns)
         return
-    layer = batch["layer"].cast(pl.String)
-    mapping = {name: stats.layer_code(name) for name in layer.unique(maintain_order=True)}
-    stats.add(layer.replace_strict(mapping, return_dtype=pl.UInt32).to_numpy(), *columns)
+    names = layer.cast(pl.String)
+    mapping = {name: stats.layer_code(name) for name in names.unique(maintain_order=True)}
+    stats.add(names.replace_strict(mapping, return_dtype=pl.UInt32).to_numpy(), *columns)
 
 
 def _column(batch: pl.DataFrame, name: str, dtype: type) -> np.ndarray:
@@ -223,6 +253,7 @@ def stats_from_activations(
         raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
     k = 0 if num_classes is None else checked_num_classes(num_classes)
     lf, where = _scan(source)
+    from_file = not isinstance(source, pl.LazyFrame | pl.DataFrame)
     _check_schema(lf, where)
     stats = _core.RecordStats(
         k,
@@ -239,7 +270,7 @@ def stats_from_activations(
     while True:
         with_samples = stats.wants_samples()
         records = 0
-        for batch in _batches(lf, with_samples, where):
+        for batch in _batches(lf, with_samples, where, from_file):
             if batch.height == 0:
                 continue
             if first:

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use _core::kernels::mutual_info::{Binning, MiOptions};
-use _core::kernels::units::{summarize_dense, summarize_long, NegativePolicy, SummaryOptions};
+use _core::kernels::units::{
+    summarize_dense, summarize_long, NegativePolicy, RecordStats, SummaryOptions,
+};
 
 #[repr(C)]
 struct Timeval {
@@ -158,6 +160,49 @@ fn main() {
         println!(
             "  long  {:24} {:8.2} ms wall {:8.2} ms cpu",
             "selectivity+moments",
+            t.0.as_secs_f64() * 1e3,
+            t.1 * 1e3
+        );
+    }
+    if only.as_deref().is_none_or(|p| p == "stream") {
+        // Unit-major records with samples, as `singledir record` writes them and
+        // `singledir stats` streams them: all statistics, MI from the first pass.
+        let units: Vec<i64> = (0..n * u).map(|i| (i / n) as i64).collect();
+        let samples: Vec<i64> = (0..n * u).map(|i| (i % n) as i64).collect();
+        let long_labels: Vec<i64> = (0..n * u).map(|i| labels[i % n]).collect();
+        let values: Vec<f32> = (0..n * u).map(|i| acts[(i % n) * u + i / n]).collect();
+        let o = SummaryOptions {
+            n_classes: 0,
+            selectivity: Some(NegativePolicy::Error),
+            moments: true,
+            mutual_info: std::env::var("NO_MI")
+                .is_err()
+                .then(|| mi(Binning::EqualWidth)),
+        };
+        let t = best_of(3, || {
+            let mut stats = RecordStats::new(o, None, 1 << 24).unwrap();
+            let layer = stats.layer_code("layer");
+            for start in (0..n * u).step_by(1 << 20) {
+                let r = start..(start + (1 << 20)).min(n * u);
+                let s = std::env::var("NO_SAMPLES")
+                    .is_err()
+                    .then(|| &samples[r.clone()]);
+                stats
+                    .add_layer(
+                        layer,
+                        &units[r.clone()],
+                        s,
+                        &long_labels[r.clone()],
+                        &values[r],
+                    )
+                    .unwrap();
+            }
+            assert!(!stats.next_pass().unwrap());
+            std::hint::black_box(stats.finish().unwrap());
+        });
+        println!(
+            "  long  {:24} {:8.2} ms wall {:8.2} ms cpu",
+            "streamed, unit-major",
             t.0.as_secs_f64() * 1e3,
             t.1 * 1e3
         );

@@ -17,7 +17,10 @@ use rayon::prelude::*;
 
 use crate::error::KernelResult;
 use crate::kernels::binning::EqualWidthBins;
-use crate::kernels::mutual_info::{entropy_bits, mi_from_table, MiScratch};
+use crate::kernels::mutual_info::{
+    entropy_bits, mi_from_table, unit_mutual_info, MiScratch, MiUnit,
+};
+use crate::kernels::mutual_info::{Binning, MiOptions};
 use crate::{ensure, fail};
 
 use super::columns::column_mutual_info;
@@ -57,6 +60,12 @@ struct LayerState {
     slots: Vec<u32>,
     col_values: Vec<Vec<f32>>,
     col_labels: Vec<Vec<u32>>,
+    /// First pass, MI wanted: the unit whose run of records is being collected (its values
+    /// and labels in `open_values`/`open_labels`), and the MI of the units whose run ended.
+    open: Option<usize>,
+    open_values: Vec<f32>,
+    open_labels: Vec<u32>,
+    closed_mi: Vec<Option<MiUnit>>,
 }
 
 impl LayerState {
@@ -109,6 +118,7 @@ impl LayerState {
         self.run_s1.resize(n_units, 0.0);
         self.run_s2.resize(n_units, 0.0);
         self.seen.resize(n_units * self.words, 0);
+        self.closed_mi.resize(n_units, None);
     }
 
     fn grow_classes(&mut self, k_new: usize) {
@@ -139,6 +149,117 @@ impl LayerState {
     }
 }
 
+/// The run of the open unit ends and one of `unit` starts: the open unit's MI from its
+/// collected values (they are all of its records unless it comes back, which this detects).
+/// False when the first pass cannot give MI after all (a unit came back); the collected
+/// values are then dropped.
+fn switch_open_unit(
+    state: &mut LayerState,
+    unit: usize,
+    mo: &MiOptions,
+    scratch: &mut MiScratch,
+) -> bool {
+    close_open_unit(state, mo, scratch);
+    if state.closed_mi[unit].is_some() {
+        state.open = None;
+        (state.open_values, state.open_labels) = (Vec::new(), Vec::new());
+        return false;
+    }
+    state.open = Some(unit);
+    true
+}
+
+/// The open unit's MI from its collected values (its extremes and counts are final).
+fn close_open_unit(state: &mut LayerState, mo: &MiOptions, scratch: &mut MiScratch) {
+    let Some(u) = state.open.take() else {
+        return;
+    };
+    let k = state.tot.k;
+    let counts = &state.tot.counts[u * k..(u + 1) * k];
+    let (lo, hi) = (state.tot.lo[u], state.tot.hi[u]);
+    let (values, labels) = (&state.open_values, &state.open_labels);
+    state.closed_mi[u] = Some(unit_mutual_info(
+        u as u64, values, labels, lo, hi, counts, mo, scratch,
+    ));
+    state.open_values.clear();
+    state.open_labels.clear();
+}
+
+/// Adds a run of records of unit `u` (checked) to its sums, in order, flushing at every
+/// [`SUM_RUN`] records of the unit: the operations of the summation rule, with the unit's
+/// running values in registers.
+fn add_unit_run(
+    state: &mut LayerState,
+    u: usize,
+    k: usize,
+    labels: &[i64],
+    values: &[f32],
+    (sums_on, pos_on, moments_on): (bool, bool, bool),
+) {
+    let mut done = 0;
+    while done < labels.len() {
+        let seen = state.tot.n[u];
+        if seen == 0 {
+            state.tot.x0[u] = values[done] as f64;
+        }
+        let room = SUM_RUN - (seen % SUM_RUN as u64) as usize;
+        let end = labels.len().min(done + room);
+        let (labels, values) = (&labels[done..end], &values[done..end]);
+        let t = &mut state.tot;
+        let x0 = t.x0[u];
+        let (mut s1, mut s2) = (state.run_s1[u], state.run_s2[u]);
+        let (mut lo, mut hi, mut active) = (t.lo[u], t.hi[u], t.active[u]);
+        let cells = u * k..(u + 1) * k;
+        let counts = &mut t.counts[cells.clone()];
+        let sums = &mut state.run_sums[cells.clone()];
+        let pos = &mut state.run_pos[cells];
+        for (&c, &x) in labels.iter().zip(values) {
+            let (c, xf) = (c as usize, x as f64);
+            counts[c] += 1;
+            if sums_on {
+                sums[c] += xf;
+            }
+            if pos_on {
+                pos[c] += xf.max(0.0);
+            }
+            if moments_on {
+                let d = xf - x0;
+                s1 += d;
+                s2 += d * d;
+                active += (x > 0.0) as u64;
+            }
+            lo = lo.min(x);
+            hi = hi.max(x);
+        }
+        (state.run_s1[u], state.run_s2[u]) = (s1, s2);
+        (t.lo[u], t.hi[u], t.active[u]) = (lo, hi, active);
+        t.n[u] = seen + labels.len() as u64;
+        if t.n[u] % SUM_RUN as u64 == 0 {
+            state.flush(u);
+        }
+        done = end;
+    }
+}
+
+/// The record columns have one length.
+fn check_lengths(
+    units: &[i64],
+    samples: Option<&[i64]>,
+    labels: &[i64],
+    values: &[f32],
+) -> KernelResult<()> {
+    let n = units.len();
+    ensure!(
+        labels.len() == n && values.len() == n && samples.is_none_or(|s| s.len() == n),
+        Shape,
+        "records disagree in length: {n} units, {} labels, {} values{}",
+        labels.len(),
+        values.len(),
+        samples.map_or(String::new(), |s| format!(", {} samples", s.len()))
+    );
+    Ok(())
+}
+
 /// Smallest and largest of a non-empty slice.
 fn extremes(xs: &[i64]) -> (i64, i64) {
     xs.iter()
@@ -159,6 +280,11 @@ pub struct RecordStats {
     /// Records fed in this pass (to check that every pass sees the same records).
     records: u64,
     sums_records: u64,
+    /// Whether MI comes from the first pass: true while each unit's records have come in one
+    /// run (the layout `singledir record` writes) of at most `column_budget` records; the run
+    /// holds all of the unit's values, so its MI is computed when the run ends.
+    one_pass: bool,
+    scratch: MiScratch,
 }
 
 impl RecordStats {
@@ -193,6 +319,8 @@ impl RecordStats {
             pass: Pass::Sums,
             records: 0,
             sums_records: 0,
+            one_pass: opts.mutual_info.is_some(),
+            scratch: MiScratch::default(),
         })
     }
 
@@ -234,6 +362,7 @@ impl RecordStats {
             layers.len(),
             units.len()
         );
+        check_lengths(units, samples, labels, values)?;
         let mut start = 0;
         while start < layers.len() {
             let code = layers[start];
@@ -257,6 +386,7 @@ impl RecordStats {
         labels: &[i64],
         values: &[f32],
     ) -> KernelResult<()> {
+        check_lengths(units, samples, labels, values)?;
         let total: u64 = lengths.iter().sum();
         ensure!(
             codes.len() == lengths.len() && total == units.len() as u64,
@@ -287,14 +417,7 @@ impl RecordStats {
         values: &[f32],
     ) -> KernelResult<()> {
         let n = units.len();
-        ensure!(
-            labels.len() == n && values.len() == n && samples.is_none_or(|s| s.len() == n),
-            Shape,
-            "records disagree in length: {n} units, {} labels, {} values{}",
-            labels.len(),
-            values.len(),
-            samples.map_or(String::new(), |s| format!(", {} samples", s.len()))
-        );
+        check_lengths(units, samples, labels, values)?;
         ensure!(
             layer < self.layers.len(),
             Value,
@@ -411,52 +534,78 @@ impl RecordStats {
         let state = &mut self.layers[layer];
         let k = state.tot.k;
         let words = state.words;
-        for i in 0..units.len() {
-            let (u, c, x) = (units[i] as usize, labels[i] as usize, values[i]);
+        let mut collect = self.one_pass;
+        let mo = self.opts.mutual_info.unwrap_or(MiOptions {
+            bins: 2,
+            binning: Binning::EqualWidth,
+            miller_madow: false,
+            shuffles: 0,
+            seed: 0,
+        });
+        let flags = (sums_on, pos_on, moments_on);
+        let n = units.len();
+        let mut i = 0;
+        // Runs of one unit (a whole batch of them in the layout `record` writes): per-run
+        // checks, and the unit's sums in registers.
+        while i < n {
+            let u = units[i] as usize;
+            let j = i + units[i..].iter().take_while(|&&v| v as usize == u).count();
             if let Some(samples) = samples {
-                let s = samples[i] as usize;
-                let (word, mask) = (u * words + s / 64, 1u64 << (s % 64));
-                ensure!(
-                    state.seen[word] & mask == 0,
-                    Value,
-                    "{}two records of unit {u}, sample {s}: each (layer, unit, sample) must \
-                     appear once (drop the duplicates, e.g. with polars unique())",
-                    state.prefix()
-                );
-                state.seen[word] |= mask;
+                // The bitset word of the current samples stays in a register (samples in
+                // order share words), instead of a load that waits on the previous store.
+                let seen = &mut state.seen[u * words..(u + 1) * words];
+                let (mut at, mut bits) = (usize::MAX, 0u64);
+                let mut duplicate = None;
+                for &s in &samples[i..j] {
+                    let s = s as usize;
+                    if s / 64 != at {
+                        if at != usize::MAX {
+                            seen[at] = bits;
+                        }
+                        at = s / 64;
+                        bits = seen[at];
+                    }
+                    let mask = 1u64 << (s % 64);
+                    if bits & mask != 0 {
+                        duplicate = Some(s);
+                        break;
+                    }
+                    bits |= mask;
+                }
+                if at != usize::MAX {
+                    seen[at] = bits;
+                }
+                if let Some(s) = duplicate {
+                    return Err(fail!(
+                        Value,
+                        "{}two records of unit {u}, sample {s}: each (layer, unit, sample) \
+                         must appear once (drop the duplicates, e.g. with polars unique())",
+                        state.prefix()
+                    ));
+                }
             }
-            if !x.is_finite() {
-                let at = samples.map_or(format!("record {i} of the batch"), |s| {
-                    format!("sample {}", s[i])
+            if let Some(r) = values[i..j].iter().position(|x| !x.is_finite()) {
+                let at = samples.map_or(format!("record {} of the batch", i + r), |s| {
+                    format!("sample {}", s[i + r])
                 });
-                return Err(non_finite(&state.unit_label(u), x, &at));
+                return Err(non_finite(&state.unit_label(u), values[i + r], &at));
             }
-            let t = &mut state.tot;
-            let cell = u * k + c;
-            let xf = x as f64;
-            t.counts[cell] += 1;
-            if sums_on {
-                state.run_sums[cell] += xf;
+            if collect && state.open != Some(u) {
+                collect = switch_open_unit(state, u, &mo, &mut self.scratch);
+                self.one_pass = collect;
             }
-            if pos_on {
-                state.run_pos[cell] += xf.max(0.0);
+            if collect && state.open_values.len() + (j - i) > self.column_budget {
+                (state.open, state.open_values, state.open_labels) = (None, Vec::new(), Vec::new());
+                (collect, self.one_pass) = (false, false);
             }
-            let seen = t.n[u];
-            if seen == 0 {
-                t.x0[u] = xf;
+            if collect {
+                state.open_values.extend_from_slice(&values[i..j]);
+                state
+                    .open_labels
+                    .extend(labels[i..j].iter().map(|&c| c as u32));
             }
-            if moments_on {
-                let d = xf - t.x0[u];
-                state.run_s1[u] += d;
-                state.run_s2[u] += d * d;
-                t.active[u] += (x > 0.0) as u64;
-            }
-            t.lo[u] = t.lo[u].min(x);
-            t.hi[u] = t.hi[u].max(x);
-            t.n[u] = seen + 1;
-            if (seen + 1) % SUM_RUN as u64 == 0 {
-                state.flush(u);
-            }
+            add_unit_run(state, u, k, &labels[i..j], &values[i..j], flags);
+            i = j;
         }
         Ok(())
     }
@@ -570,6 +719,23 @@ impl RecordStats {
         let Some(mo) = opts.mutual_info else {
             return Ok(());
         };
+        if self.one_pass {
+            for state in &mut self.layers {
+                close_open_unit(state, &mo, &mut self.scratch);
+                for (row, mi) in state.rows.iter_mut().zip(&state.closed_mi) {
+                    if let Some(mi) = mi {
+                        (row.mi, row.mi_shuffled, row.class_entropy) =
+                            (mi.mi, mi.shuffled, mi.class_entropy);
+                    }
+                }
+                state.closed_mi = Vec::new();
+            }
+            return Ok(());
+        }
+        for state in &mut self.layers {
+            (state.open, state.open_values, state.open_labels) = (None, Vec::new(), Vec::new());
+            state.closed_mi = Vec::new();
+        }
         if opts.mi_by_rows().is_some() {
             for state in &mut self.layers {
                 let cells = state.n_units() as u128 * mo.bins as u128 * k as u128;

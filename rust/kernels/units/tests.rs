@@ -319,8 +319,16 @@ fn duplicates_huge_labels_and_changed_passes_are_refused() {
     assert!(err.to_string().contains("out of range for num_classes=2"));
     let mut twice = RecordStats::new(o, None, 100).unwrap();
     let l = twice.layer_code("x");
+    // Units interleaved: MI needs a second pass, which must see the same records.
+    let (units, labels) = ([0i64, 1, 0, 1], [0i64, 1, 1, 0]);
     twice
-        .add_layer(l, &[0, 0], Some(&[0, 1]), &[0, 1], &[1.0, 2.0])
+        .add_layer(
+            l,
+            &units,
+            Some(&[0, 0, 1, 1]),
+            &labels,
+            &[1.0, 2.0, 3.0, 4.0],
+        )
         .unwrap();
     assert!(twice.next_pass().unwrap());
     twice.add_layer(l, &[0], None, &[0], &[1.0]).unwrap();
@@ -374,4 +382,35 @@ fn column_groups_cover_every_unit_once() {
     }
     assert_eq!(passes, 1 + u);
     assert_same(&stats.finish().unwrap()[0].1, &dense);
+    // Unit-major records (each unit in one run): MI from the first pass alone, for every
+    // option, unless a run is longer than the budget.
+    let unit_major = orders(&acts, &labels, n, u).swap_remove(0);
+    for (budget, expect) in [(n, 1), (n - 1, 1 + u)] {
+        for o in variants(k) {
+            let mut stats = RecordStats::new(o, Some(u), budget).unwrap();
+            let l = stats.layer_code("");
+            let mut passes = 0;
+            loop {
+                stats
+                    .add_layer(l, &unit_major.0, None, &unit_major.1, &unit_major.2)
+                    .unwrap();
+                passes += 1;
+                if !stats.next_pass().unwrap() {
+                    break;
+                }
+            }
+            let columns = o
+                .mutual_info
+                .is_some_and(|m| m.binning == Binning::EqualFrequency || m.shuffles > 0);
+            let expect = match o.mutual_info {
+                None => 1,
+                Some(_) if expect == 1 => 1,
+                Some(_) if columns => expect,
+                Some(_) => 2,
+            };
+            assert_eq!(passes, expect, "{o:?} budget {budget}");
+            let dense = summarize_dense(&acts, n, u, &labels, &o).unwrap();
+            assert_same(&stats.finish().unwrap()[0].1, &dense);
+        }
+    }
 }
