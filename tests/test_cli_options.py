@@ -85,3 +85,18 @@ def test_messages_keep_brackets(capsys: pytest.CaptureFixture[str]) -> None:
         "error: install it with pip install 'singledir[ray]' and [bold]retry[/]"
     )
     assert captured.out.strip() == "extras [ray] and [test]"
+
+
+def test_progress_bars_keep_brackets(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+    from singledir import progress
+
+    sink = Console(file=io.StringIO(), force_terminal=False, width=200)
+    monkeypatch.setattr(progress, "console", sink)
+    with progress.make_progress(quiet=False) as bar:
+        task = bar.add_task("curves of run[ray][bold]", total=2, status="site relu[1][red]")
+        bar.update(task, completed=2)
+    shown = sink.file.getvalue()  # type: ignore[attr-defined]
+    assert "curves of run[ray][bold]" in shown and "site relu[1][red]" in shown

@@ -35,10 +35,11 @@ def make_progress(quiet: bool | None = None, transient: bool = False) -> Progres
     if quiet is None:
         quiet = quiet_default()
     return Progress(
-        TextColumn("[bold blue]{task.description}"),
+        # Descriptions and status hold paths and site names: shown verbatim, not as markup.
+        TextColumn("{task.description}", style="bold blue", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
-        TextColumn("{task.fields[status]}"),
+        TextColumn("{task.fields[status]}", markup=False),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         console=console,
