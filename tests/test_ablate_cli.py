@@ -200,8 +200,9 @@ def test_ablate_order_by_selectivity_matches_library(
     out = tmp_path / "sel.parquet"
     argv = ["ablate", str(ckpts["mlp"]), "--layers", "relu2", "--order", "descending"]
     argv += ["--by", "selectivity", "--split", "test", "--out", str(out), "--no-plot"]
-    code, _, err = _run(argv, capsys)
+    code, stdout, err = _run(argv, capsys)
     assert code == 0, err
+    assert "over 1 ordering(s)" in " ".join(stdout.split())
     model, data = _model_and_data(ckpts["mlp"], "test")
     arrays, labels = record_activation_arrays(model, data, ["relu2"], progress=False)
     scores = {"relu2": np.asarray(class_selectivity(arrays["relu2"], labels), dtype=np.float64)}
@@ -212,6 +213,9 @@ def test_ablate_order_by_selectivity_matches_library(
     np.testing.assert_allclose(
         got.sort("n_ablated")["accuracy"].to_numpy(), ref.sort("n_ablated")["accuracy"].to_numpy()
     )
+    # a score order is one ordering, whatever the --orderings default says
+    summary = json.loads(out.with_suffix(".json").read_text())
+    assert summary["orderings"] == 1 and len(summary["auc_per_ordering"]) == 1
     # Independent check of the first step: the most selective unit alone, by a manual hook.
     top = int(np.nanargmax(scores["relu2"]))
 

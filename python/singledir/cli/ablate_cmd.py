@@ -186,6 +186,8 @@ def ablate(
     assert not isinstance(auc_rows, float)  # per_ordering=True: one row per ordering
     auc_values = np.asarray(auc_rows["auc"].to_numpy(), dtype=np.float64)
     auc_mean = float(auc_values.mean())  # = ablation_auc(curves), the mean over orderings
+    # score orders are one deterministic ordering whatever --orderings says
+    n_orderings = int(auc_values.size)
     summary = summarize_curves(curves)
     payload = {
         "command": "ablate",
@@ -194,7 +196,7 @@ def ablate(
         "sites": sites,
         "units": units,
         "total_units": total,
-        "orderings": orderings,
+        "orderings": n_orderings,
         "levels": level_arg,
         "order": order.value,
         "by": by,
@@ -258,5 +260,5 @@ def ablate(
     outputs = ", ".join(str(p) for p in (out, plot_path, summary_path) if p is not None)
     say(
         Text("AUC", style="bold"),
-        plain(f"{auc_mean:.4f}{std_text} over {orderings} ordering(s), seed {seed}  -> {outputs}"),
+        plain(f"{auc_mean:.4f}{std_text} over {n_orderings} ordering(s), seed {seed}  -> {outputs}"),
     )
