@@ -4,15 +4,17 @@
 
 use rayon::prelude::*;
 
-use crate::error::{KernelError, KernelResult};
+use crate::error::KernelResult;
+use crate::{ensure, fail};
 
 fn check_finite(name: &str, xs: &[f64]) -> KernelResult<()> {
     match xs.iter().position(|x| !x.is_finite()) {
         None => Ok(()),
-        Some(i) => Err(KernelError::Value(format!(
+        Some(i) => Err(fail!(
+            Value,
             "{name} has a non-finite value ({}) at position {i}: drop or fill NaN and inf first",
             xs[i]
-        ))),
+        )),
     }
 }
 
@@ -107,23 +109,23 @@ pub fn group_correlations(
     groups: &[i64],
     n_groups: usize,
 ) -> KernelResult<GroupCorrelations> {
-    if y.len() != x.len() || groups.len() != x.len() {
-        return Err(KernelError::Shape(format!(
-            "x, y and groups differ in length ({}, {}, {}): give one value per unit in each",
-            x.len(),
-            y.len(),
-            groups.len()
-        )));
-    }
+    ensure!(
+        y.len() == x.len() && groups.len() == x.len(),
+        Shape,
+        "x, y and groups differ in length ({}, {}, {}): give one value per unit in each",
+        x.len(),
+        y.len(),
+        groups.len()
+    );
     check_finite("x", x)?;
     check_finite("y", y)?;
     let mut members: Vec<Vec<usize>> = vec![Vec::new(); n_groups];
     for (i, &g) in groups.iter().enumerate() {
-        if g < 0 || g as u64 >= n_groups as u64 {
-            return Err(KernelError::Value(format!(
-                "group code {g} is outside 0..{n_groups}"
-            )));
-        }
+        ensure!(
+            g >= 0 && (g as u64) < n_groups as u64,
+            Value,
+            "group code {g} is outside 0..{n_groups}"
+        );
         members[g as usize].push(i);
     }
     let per: Vec<(i64, f64, f64)> = members
@@ -149,21 +151,19 @@ pub fn trapezoid_rows(
     n_points: usize,
     x: &[f64],
 ) -> KernelResult<Vec<f64>> {
-    if y.len() != n_curves * n_points {
-        return Err(KernelError::Shape(format!(
-            "curves have {} values, not {} x {}",
-            y.len(),
-            n_curves,
-            n_points
-        )));
-    }
+    ensure!(
+        y.len() == n_curves * n_points,
+        Shape,
+        "curves have {} values, not {n_curves} x {n_points}",
+        y.len()
+    );
     let per_curve_x = x.len() == n_curves * n_points && n_curves != 1;
-    if !per_curve_x && x.len() != n_points {
-        return Err(KernelError::Shape(format!(
-            "x has {} values: give one per curve point ({n_points}) or an array shaped like y",
-            x.len()
-        )));
-    }
+    ensure!(
+        per_curve_x || x.len() == n_points,
+        Shape,
+        "x has {} values: give one per curve point ({n_points}) or an array shaped like y",
+        x.len()
+    );
     check_finite("curve values", y)?;
     check_finite("x", x)?;
     if n_points == 0 {
@@ -193,19 +193,17 @@ pub fn level_mean_std(
     n_cols: usize,
     ddof: usize,
 ) -> KernelResult<(Vec<f64>, Vec<f64>)> {
-    if values.len() != n_rows * n_cols {
-        return Err(KernelError::Shape(format!(
-            "values have {} entries, not {} x {}",
-            values.len(),
-            n_rows,
-            n_cols
-        )));
-    }
-    if n_rows == 0 || n_rows <= ddof {
-        return Err(KernelError::Value(format!(
-            "need more than {ddof} row(s) (orderings) to take a std with ddof={ddof}; got {n_rows}"
-        )));
-    }
+    ensure!(
+        values.len() == n_rows * n_cols,
+        Shape,
+        "values have {} entries, not {n_rows} x {n_cols}",
+        values.len()
+    );
+    ensure!(
+        n_rows > 0 && n_rows > ddof,
+        Value,
+        "need more than {ddof} row(s) (orderings) to take a std with ddof={ddof}; got {n_rows}"
+    );
     check_finite("values", values)?;
     let stats: Vec<(f64, f64)> = (0..n_cols)
         .into_par_iter()

@@ -102,6 +102,7 @@ fn chunk_sums_portable(
 ) -> ChunkSums {
     let k = opts.n_classes;
     let (sums_on, pos_on, moments_on) = (opts.class_sums(), opts.clipped_sums(), opts.moments);
+    let max_on = opts.reports_max();
     let cells = |on: bool| if on { k * w } else { 0 };
     let units = |on: bool| if on { w } else { 0 };
     let mut p = ChunkSums {
@@ -135,7 +136,14 @@ fn chunk_sums_portable(
         // reaches a result: it makes the sums or `check` non-finite and is refused). The
         // extremes are fused with the class sums: one read of the row for both.
         let (lo, hi) = (&mut p.lo[..w], &mut p.hi[..w]);
-        if sums_on {
+        if sums_on && !max_on {
+            // Selectivity alone: the minimum (for negative activity) but not the maximum.
+            let sums = &mut p.sums[c * w..(c + 1) * w];
+            for ((lo, s), &x) in lo.iter_mut().zip(sums).zip(row) {
+                *lo = lo.min(x);
+                *s += x as f64;
+            }
+        } else if sums_on {
             let sums = &mut p.sums[c * w..(c + 1) * w];
             for (((lo, hi), s), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(sums).zip(row) {
                 *lo = lo.min(x);

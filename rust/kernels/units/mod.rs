@@ -70,7 +70,8 @@ impl NegativePolicy {
     }
 }
 
-/// What to compute besides counts, min and max (always computed).
+/// What to compute besides counts and min (always computed) and max (computed with moments
+/// or MI).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SummaryOptions {
     pub n_classes: usize,
@@ -105,6 +106,12 @@ impl SummaryOptions {
     /// Whether sums of `max(x, 0)` are needed (the clip policy).
     fn clipped_sums(&self) -> bool {
         self.selectivity == Some(NegativePolicy::Clip)
+    }
+
+    /// Whether the maximum is reported (moments or MI need it; selectivity alone does not,
+    /// and the dense path then skips it: max is NaN).
+    fn reports_max(&self) -> bool {
+        self.moments || self.mutual_info.is_some()
     }
 
     /// MI options when MI bins by rows: equal width and no shuffles (else per-unit columns).
@@ -200,7 +207,10 @@ impl Totals {
         let nf = n as f64;
         let (lo, hi) = (self.lo[u], self.hi[u]);
         let mut row = UnitRow::empty(k);
-        (row.n, row.counts, row.min, row.max) = (n, counts.to_vec(), lo as f64, hi as f64);
+        (row.n, row.counts, row.min) = (n, counts.to_vec(), lo as f64);
+        if opts.reports_max() {
+            row.max = hi as f64;
+        }
         if opts.class_sums() {
             let means: Vec<f64> = self.sums[cells.clone()]
                 .iter()
