@@ -522,7 +522,6 @@ def importance_rows(
         "diff_engine": diff_engine,
         "diff_native": diff_native,
         "minimal": minimal,
-        "plan": "",
     }
 
 
@@ -614,7 +613,7 @@ def markdown(cfg: dict[str, Any], res: dict[str, Any]) -> str:
     )
     lines.append("|---|---:|---:|---:|---:|---:|---:|")
     lines.append(
-        f"| unit_importance (nn.Sequential; {imp['plan']}) | {imp['samples']} | "
+        f"| unit_importance (nn.Sequential) | {imp['samples']} | "
         f"{fmt_s(imp['t_engine'])} | **{imp['t_captum'] / imp['t_engine']:.0f}x** | "
         f"{imp['diff_engine']:.1e} | {imp['flops_engine'] / 1e12:.3f} TFLOP (torch ops), "
         f"{imp['flops_engine'] / imp['t_engine'] / 1e9:.1f} | {imp['minimal'] / 1e12:.4f} TFLOP |"
@@ -654,6 +653,22 @@ def markdown(cfg: dict[str, Any], res: dict[str, Any]) -> str:
         f"{fl(s_fun >= 100)} ({s_fun:.0f}x); importance >= 50x captum: {fl(s_imp >= 50)} "
         f"({s_imp:.0f}x); ConvNet11 curves >= 15x naive: {fl(s_conv >= 15)} ({s_conv:.0f}x), "
         f"its custom-forward twin {s_cfun:.0f}x."
+    )
+    lines.append("")
+    naive_share = res["mlp_naive"]["flops_per_mask"] / res["mlp_naive"]["per_mask"] / 1e9
+    naive_share /= cfg["peak"]
+    lines.append(
+        f"Reading the figures: the naive loop runs its GEMMs at {naive_share:.0%} of the "
+        "matmul throughput, a fair baseline. On the MLP the engine hands the chain "
+        "to the Rust walk (`rust/kernels/walk*.rs`): per image and ordering it keeps the "
+        "pre-activations, skips every site-1 unit that is already zero "
+        f"({res['h0_zero']:.0%} of them on these images), turns each other event into a rank-1 update of the still-kept site-2 "
+        "pre-activations and a branch-free update of the float64 logits per block of 8 "
+        "site-2 units with a change; its gain over the naive loop is "
+        f"{res['mlp_naive']['flops_per_mask'] * res['mlp_masks'] / nat['work']:.0f}x less "
+        "work, run at a fraction of the matmul throughput (sparse, memory-bound updates). "
+        "The conv rows take the engine's stacked-mask path: its cost, the suffix after the "
+        "first site evaluated per mask, is what keeps them below the 15x floor."
     )
     lines.append("")
     return "\n".join(lines)
@@ -764,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     h0s, layers = mlp_chain_arrays(mlp, x[: sizes["work_images"]])
     minimal, kernel = mlp_walk_work(h0s, layers[0][0], layers[0][1], 10, perms)
+    res["h0_zero"] = float((h0s == 0).mean())
     for r in rows:
         r["acc_diff"], r["loss_rel"] = compare(r["lookup"], naive)
         r["minimal"] = minimal * n * n_ord
