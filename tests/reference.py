@@ -24,37 +24,59 @@ def inputs64(x: torch.Tensor) -> torch.Tensor:
     return x.double() if x.is_floating_point() else x
 
 
-def hookable(model: nn.Module, sites: Sequence[str]) -> nn.Module:
-    """``model`` itself when every site is a module; else a traced copy in which each
-    graph-node site (an fx node name such as ``relu_1``) is followed by an ``nn.Identity``
-    module of that name, so that a forward hook can edit its output."""
-    modules = dict(model.named_modules())
-    if all(s in modules and s for s in sites):
-        return model
+_HOOKABLE: dict[tuple[int, tuple[str, ...]], tuple[nn.Module, nn.Module, dict[str, str]]] = {}
+
+
+def hookable(model: nn.Module, sites: Sequence[str]) -> tuple[nn.Module, dict[str, str]]:
+    """A model to hook and the module to hook for each site: ``model`` itself when every
+    site is a module that runs once; else a traced copy in which each graph-node site (an fx
+    node name such as ``relu_1``, or ``r`` for the first call of a module ``r`` that runs
+    twice) is followed by an ``nn.Identity`` module, so that a forward hook can edit that one
+    call's output. Cached per model and site list (one trace per reference run)."""
+    key = (id(model), tuple(sites))
+    hit = _HOOKABLE.get(key)
+    if hit is not None and hit[0] is model:
+        return hit[1], hit[2]
+    _HOOKABLE.clear()  # keep the latest model only
+    _HOOKABLE[key] = (model, *_hookable(model, sites))
+    return _HOOKABLE[key][1], _HOOKABLE[key][2]
+
+
+def _hookable(model: nn.Module, sites: Sequence[str]) -> tuple[nn.Module, dict[str, str]]:
     from torch import fx
 
-    gm = fx.symbolic_trace(model)
+    modules = dict(model.named_modules())
+    try:
+        gm = fx.symbolic_trace(model)
+    except Exception:  # noqa: BLE001 - an untraceable model: module sites only
+        return model, {s: s for s in sites}
+    calls = [str(n.target) for n in gm.graph.nodes if n.op == "call_module"]
+    nodes = [s for s in sites if not (s in modules and s and calls.count(s) <= 1)]
+    if not nodes:
+        return model, {s: s for s in sites}
     by_name = {n.name: n for n in gm.graph.nodes}
-    for s in sites:
-        if s in modules and s:
-            continue
+    targets = {s: s for s in sites}
+    for s in nodes:
         node = by_name[s]
-        gm.add_submodule(s, nn.Identity())
+        targets[s] = f"site_hook_{s.replace('.', '_')}"
+        gm.add_submodule(targets[s], nn.Identity())
         with gm.graph.inserting_after(node):
-            new = gm.graph.call_module(s, (node,))
+            new = gm.graph.call_module(targets[s], (node,))
         node.replace_all_uses_with(new, delete_user_cb=lambda u, new=new: u is not new)
     gm.graph.lint()
     gm.recompile()
-    return gm
+    return gm, targets
 
 
 def _hooked_forward(model: nn.Module, x: torch.Tensor, edits: dict[str, object]) -> torch.Tensor:
-    model = hookable(model, list(edits))
+    model, targets = hookable(model, list(edits))
     modules = dict(model.named_modules())
     handles = []
     try:
         for name, fn in edits.items():
-            handles.append(modules[name].register_forward_hook(lambda _m, _i, o, fn=fn: fn(o)))
+            handles.append(
+                modules[targets[name]].register_forward_hook(lambda _m, _i, o, fn=fn: fn(o))
+            )
         with torch.no_grad():
             return model(x)
     finally:

@@ -467,8 +467,12 @@ def test_default_sites_without_sample() -> None:
     assert resolve_sites(_UserNet(), "act,body.1") == ["body.1", "act"]  # forward order
     net = _resnet()
     del net.site_names
-    # torchvision blocks reuse one ReLU module: only the stem's runs once
-    assert resolve_sites(net, "all") == ["relu"]
+    # torchvision blocks reuse one ReLU module: the stem's runs once (a module site), each
+    # block's runs twice (each call a site, by its fx node name)
+    names = resolve_sites(net, "all")
+    assert names[:3] == ["relu", "layer1_0_relu", "layer1_0_relu_1"]
+    assert names[-2:] == ["layer4_1_relu", "layer4_1_relu_1"]
+    assert len(names) == 1 + 2 * sum(len(getattr(net, f"layer{i}")) for i in range(1, 5))
     assert resolve_sites(net, "layer4.1,layer1.0") == ["layer1.0", "layer4.1"]
     assert resolve_sites(_mlp(), "relu2,relu1") == ["relu1", "relu2"]
 

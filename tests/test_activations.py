@@ -236,7 +236,7 @@ def test_record_then_stats_gives_direct_selectivity(tmp_path: object) -> None:
                 assert got[u] == pytest.approx(ref, rel=1e-5, abs=1e-6)
 
 
-def test_module_run_twice_is_refused() -> None:
+def test_each_call_of_a_module_run_twice_is_recorded_apart() -> None:
     class Shared(nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -249,9 +249,21 @@ def test_module_run_twice_is_refused() -> None:
 
     model = Shared().eval()
     x, y = _xy(5, (4,), 3)
-    with pytest.raises(SiteError, match="runs 2 times"):
-        record_activation_arrays(model, (x, y), "act", progress=False)
-    arrays, _ = record_activation_arrays(model, (x, y), "fc1", progress=False)
+    # "act" is the module and its first call's fx node: it means that one call
+    arrays, _ = record_activation_arrays(model, (x, y), "act,act_1,fc1", progress=False)
     with torch.no_grad():
+        np.testing.assert_allclose(arrays["act"], torch.relu(x).numpy(), atol=1e-6)
         np.testing.assert_allclose(arrays["fc1"], model.fc1(torch.relu(x)).numpy(), atol=1e-6)
+        second = torch.relu(model.fc1(torch.relu(x)))
+        np.testing.assert_allclose(arrays["act_1"], second.numpy(), atol=1e-6)
     assert _no_hooks(model)
+
+    class Untraceable(Shared):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.act(self.fc1(self.act(x)))
+            if float(h.sum()) > -1e9:  # data-dependent control flow: hooks, no node names
+                h = h * 1.0
+            return self.fc2(h)
+
+    with pytest.raises(SiteError, match="runs 2 times"):
+        record_activation_arrays(Untraceable().eval(), (x, y), "act", progress=False)

@@ -614,21 +614,130 @@ def test_segments_through_an_fx_cut_and_with_directions() -> None:
 
 
 def test_a_shared_module_call_is_a_site_by_its_node_name() -> None:
-    """torchvision blocks call one ReLU module twice: as a module it is refused, but each
-    call is a graph node (``layer4_1_relu_1`` = the block's output) and can be ablated."""
+    """torchvision blocks call one ReLU module twice: the module name alone is refused (with
+    the call names), each call is a graph node (``layer4_1_relu_1`` = the block's output)."""
     from singledir.models import resnet
 
     torch.manual_seed(0)
     net = _centered(_random_bn(resnet(18, num_classes=5, small_input=True)), (3, 8, 8))
     x, _ = _data((3, 8, 8), n=12)
-    with pytest.raises(SiteError, match="runs 2 times"):
+    with pytest.raises(SiteError, match=r"runs 2 times .*\(layer4_1_relu, layer4_1_relu_1\)"):
         ablation_curves(
             net, (x, torch.zeros(12, dtype=torch.long)), "layer4.1.relu", progress=False
         )
     spec = site_specs(net, ["layer4_1_relu_1"], x[:2])[0]
-    assert (spec.kind, spec.n_units, spec.unit_dim) == ("module", 512, 1)
+    assert (spec.kind, spec.n_units, spec.unit_dim) == ("call", 512, 1)
     _, plan = _check_curves(net, x, "layer4_1_relu_1", levels=5, orderings=1)
     assert plan.runner == "chain"
+    assert resolve_sites(net, "all") == net.site_names  # a model's declared sites stay
+
+
+class _SharedRelu(nn.Module):
+    """The hand-written idiom: one ``self.r = nn.ReLU()`` called twice in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(6, 9), nn.Linear(9, 8), nn.Linear(8, 4)
+        self.r = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(self.r(self.b(self.r(self.a(x)))))
+
+
+@pytest.mark.parametrize("value", ["zero", "mean"])
+def test_each_call_of_a_shared_module_is_a_site(value: str) -> None:
+    torch.manual_seed(4)
+    model = _centered(_SharedRelu(), (6,))
+    x, _ = _data((6,), n=40, classes=4)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    assert list_sites(model, (x, y)).rows() == [
+        ("r", "call", 9, 1, [9]),
+        ("r_1", "call", 8, 1, [8]),
+    ]
+    assert resolve_sites(model, "last1") == ["r_1"]
+    # "r" is the module and the first call's node: it means the node (the reference hooks
+    # that one call), alone, together with the second call, and for importance
+    _check_curves(model, x, "all", value=value)
+    _, plan = _check_curves(model, x, "r", value=value)
+    assert (plan.sites, plan.n_units) == (("r",), (9,))
+    _check_curves(model, x, "r_1", value=value, orderings=1)
+    fills = ref.naive_moments(model, x, ["r"])[0] if value == "mean" else None
+    imp = unit_importance(model, (x, y), "r", value=value, progress=False)
+    rows = ref.naive_importance(model, x, y, "r", fills=fills)
+    got = np.rint(imp["accuracy"].to_numpy() * len(y)).astype(int)
+    assert np.all(np.abs(got - [r[0] for r in rows]) <= [r[2] for r in rows])
+    np.testing.assert_allclose(imp["loss"], [r[1] for r in rows], rtol=1e-5, atol=1e-5)
+    arrays, _ = record_activation_arrays(model, (x, y), "all", progress=False)
+    with torch.no_grad():
+        first = torch.relu(model.a(x))
+        np.testing.assert_allclose(arrays["r"], first.numpy(), atol=1e-6)
+        np.testing.assert_allclose(arrays["r_1"], torch.relu(model.b(first)).numpy(), atol=1e-6)
+
+
+class _UntraceableShared(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.r, self.c = nn.Linear(6, 6), nn.ReLU(), nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.r(self.a(self.r(x)))
+        if float(h.sum()) > -1e9:  # data-dependent control flow: no fx graph, no node names
+            h = h * 1.0
+        return self.c(h)
+
+
+def test_a_shared_module_without_a_graph_is_refused_with_the_fix() -> None:
+    model = _UntraceableShared().eval()
+    data = (torch.randn(5, 6), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(SiteError, match=r"no default sites .* name the sites"):
+        ablation_plan(model, data, "all")
+    with pytest.raises(SiteError, match=r"no default sites"):
+        ablation_plan(model, data, "last1")
+    with pytest.raises(SiteError, match=r"runs 2 times .* only where torch.fx can trace"):
+        ablation_plan(model, data, "r")
+    assert ablation_plan(model, data, "a").sites == ("a",)  # a module that runs once works
+
+
+def test_torchvision_resnet18_last_three_calls_match_reference() -> None:
+    """The paper's setting on a torchvision ResNet: the last three ReLU calls (two of them
+    calls of one shared module) against the naive hook-per-call reference."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18(num_classes=5)
+    net = _centered(_random_bn(net), (3, 16, 16))
+    x, _ = _data((3, 16, 16), n=16)
+    names = resolve_sites(net, "all")
+    assert (
+        len(names) == 17
+        and names[0] == "relu"
+        and names[1:3]
+        == [
+            "layer1_0_relu",
+            "layer1_0_relu_1",
+        ]
+    )
+    assert resolve_sites(net, "last3") == ["layer4_0_relu_1", "layer4_1_relu", "layer4_1_relu_1"]
+    _, plan = _check_curves(net, x, "last3", levels=9, orderings=1)
+    assert plan.n_units == (512, 512, 512)
+
+
+def test_selector_errors_say_the_fix() -> None:
+    model = _SharedRelu().eval()
+    data = (torch.randn(5, 6), torch.zeros(5, dtype=torch.long))
+    with pytest.raises(SiteError, match=r"asks for 3 sites but the model has 2 \(r, r_1\)"):
+        ablation_plan(model, data, "last3")
+    single = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 2)).eval()
+    with pytest.raises(SiteError, match=r"has 1 \(1\): use last1 or all$"):
+        ablation_plan(single, data, "last2")
+    with pytest.raises(SiteError, match="layers is empty"):
+        ablation_plan(single, data, "  ")
+    for bad in ("x", 1.5, True, "2"):
+        with pytest.raises(InputError, match=r"unit_dim .* is not an integer: pass an integer"):
+            ablation_plan(single, data, "1", unit_dim=bad)
+    with pytest.raises(InputError, match="is not site -> integer"):
+        ablation_plan(single, data, "1", unit_dim={"1": 1.5})
+    assert ablation_plan(single, data, "1", unit_dim=np.int64(1)).unit_dims == (1,)
 
 
 class _RandomSequence(nn.Module):

@@ -1,8 +1,9 @@
 """Sites: what can be ablated, how to choose it, its units, and hooks on module sites.
 
 A *site* is a module of a model (an activation module, a conv block's output, a residual
-block) or a graph node (``torch.relu`` / ``F.gelu`` calls, ``x.relu()``; named by its
-``torch.fx`` node name). Its *units* are its features: channels of ``(N, C, *spatial)``
+block) or a graph node (``torch.relu`` / ``F.gelu`` calls, ``x.relu()``, each call of a
+module that runs more than once such as a shared ``self.relu``; named by its ``torch.fx``
+node name). Its *units* are its features: channels of ``(N, C, *spatial)``
 outputs, the last dimension of ``(N, *positions, C)`` outputs of Linear layers; the axis is
 inferred from the neighbouring operations (:mod:`singledir.engine.graph`) or given with
 ``unit_dim``. A unit acts at every position; its activity for statistics is its mean over
@@ -17,6 +18,7 @@ positions.
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -153,10 +155,11 @@ def default_sites(model: nn.Module, sample_x: torch.Tensor | None = None) -> lis
     """The site set used by ``layers="all"``.
 
     ``model.site_names`` when the model declares it (singledir's models); else, from the
-    fx graph, every activation module that runs once and every activation function or
-    method call (``torch.relu``, ``F.gelu``, ``x.relu()``), in forward order. For a model
-    torch.fx cannot trace: activation modules that run once in a forward pass on
-    ``sample_x`` (registration order without one).
+    fx graph, every activation module that runs once (by module name), each call of an
+    activation module that runs more than once (by fx node name: ``relu``, ``relu_1``) and
+    every activation function or method call (``torch.relu``, ``F.gelu``, ``x.relu()``), in
+    forward order. For a model torch.fx cannot trace: activation modules that run once in a
+    forward pass on ``sample_x`` (registration order without one).
     """
     declared = _declared(model)
     if declared:
@@ -171,17 +174,31 @@ def default_sites(model: nn.Module, sample_x: torch.Tensor | None = None) -> lis
     return acts
 
 
+_NO_SITES = (
+    "the model has no default sites (no activation module, activation call or declared "
+    "site_names): name the sites, e.g. layers=['layer1', 'relu_1'] (CLI: --layers "
+    "layer1,relu_1), with any module or fx node name"
+)
+
+
 def _select(layers: str | Sequence[str], defaults: list[str]) -> list[str]:
     if isinstance(layers, str):
         sel = layers.strip()
-        if sel in ("", "all"):
+        if sel == "":
+            raise SiteError("layers is empty: pass all, lastN (e.g. last3) or site names")
+        if sel == "all":
+            if not defaults:
+                raise SiteError(_NO_SITES)
             names = list(defaults)
         elif (m := _LAST_N.match(sel)) is not None:
             n = int(m.group(1))
+            if not defaults:
+                raise SiteError(_NO_SITES)
             if n < 1 or n > len(defaults):
                 raise SiteError(
-                    f"--layers {sel} asks for {n} sites but the model has {len(defaults)}: "
-                    f"use last1 .. last{len(defaults)} or all"
+                    f"--layers {sel} asks for {n} sites but the model has {len(defaults)} "
+                    f"({', '.join(defaults[-8:])}): use "
+                    + ("last1 or all" if len(defaults) == 1 else f"last1 .. last{len(defaults)}")
                 )
             names = defaults[-n:]
         else:
@@ -222,12 +239,21 @@ def resolve_sites(
         Unknown name (the message lists the valid site names), ``lastN`` with N larger than
         the number of sites, an empty selection, or a module that runs more than once.
     """
-    return _resolve(model, layers, sample_x)[0]
+    return _resolve(model, layers, sample_x).names
+
+
+@dataclass
+class _Resolved:
+    names: list[str]
+    kinds: list[str]
+    gm: fx.GraphModule | None
+    nodes: list[fx.Node] | None
+    why_untraced: str
 
 
 def _resolve(
     model: nn.Module, layers: str | Sequence[str], sample_x: torch.Tensor | None
-) -> tuple[list[str], fx.GraphModule | None, list[fx.Node] | None, str]:
+) -> _Resolved:
     gm, why = trace(model)
     if gm is not None:
         graph = GraphSites(model, gm)
@@ -244,7 +270,9 @@ def _resolve(
             found.append(site)
         if gm is not None:
             found.sort(key=lambda s: graph.index[s.node])
-            return [s.name for s in found], gm, [s.node for s in found], ""
+            return _Resolved(
+                [s.name for s in found], [s.kind for s in found], gm, [s.node for s in found], ""
+            )
         why = "a chosen module is not a clean cut of the fx graph"
     declared = _declared(model)
     defaults = declared if declared is not None else default_sites(model, sample_x)
@@ -266,9 +294,14 @@ def _resolve(
                 raise SiteError(
                     f"module {name!r} runs {c} times per forward pass: choose a module that "
                     "runs exactly once (e.g. a block rather than a shared ReLU)"
+                    + (
+                        "; one call of it is a site only where torch.fx can trace the model"
+                        if c > 1 and why.startswith("torch.fx")
+                        else ""
+                    )
                 )
         names = ordered
-    return names, None, None, why
+    return _Resolved(names, ["module"] * len(names), None, None, why)
 
 
 def _observe(
@@ -338,13 +371,36 @@ def parse_unit_dim(text: str | None) -> UnitDim:
         ) from None
 
 
+def _as_dim(value: object) -> int | None:
+    """``value`` as an axis index, or None when it is not an integer (1.5, "x", True)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _check_unit_dim(unit_dim: object) -> None:
+    """Refuse a ``unit_dim`` that is neither None, an integer nor a dict site -> integer."""
+    if unit_dim is None:
+        return
+    fix = "pass an integer (e.g. unit_dim=2) or a dict site -> integer (e.g. {'gelu': 2})"
+    if isinstance(unit_dim, Mapping):
+        for name, value in unit_dim.items():
+            if not isinstance(name, str) or _as_dim(value) is None:
+                raise InputError(f"unit_dim {{{name!r}: {value!r}}} is not site -> integer: {fix}")
+    elif _as_dim(unit_dim) is None:
+        raise InputError(f"unit_dim {unit_dim!r} is not an integer: {fix}")
+
+
 def _wanted_unit_dim(unit_dim: UnitDim, name: str) -> int | None:
     if unit_dim is None:
         return None
     if isinstance(unit_dim, Mapping):
         value = unit_dim.get(name)
-        return None if value is None else int(value)
-    return int(unit_dim)
+        return None if value is None else _as_dim(value)
+    return _as_dim(unit_dim)
 
 
 def locate_sites(
@@ -359,7 +415,9 @@ def locate_sites(
     ``unit_dim`` (an int for every site, or a dict ``site -> dim``) overrides the inferred
     unit axis; dims count the batch as dim 0 and may be negative.
     """
-    names, gm, nodes, why = _resolve(model, layers, sample_x)
+    _check_unit_dim(unit_dim)
+    resolved = _resolve(model, layers, sample_x)
+    names, gm, nodes, why = resolved.names, resolved.gm, resolved.nodes, resolved.why_untraced
     if isinstance(unit_dim, Mapping):
         extra = sorted(set(unit_dim) - set(names))
         if extra:
@@ -408,10 +466,7 @@ def locate_sites(
                 f"{tuple(out.shape)}): pass unit_dim={{{name!r}: D}} (CLI: --unit-dim {name}=D)"
             )
         shape = tuple(int(s) for s in out.shape[1:])
-        kind = "module"
-        if gm is not None and nodes is not None and name not in modules:
-            op = nodes[k].op
-            kind = {"call_method": "method", "call_module": "module"}.get(op, "function")
+        kind = resolved.kinds[k]
         specs.append(
             SiteSpec(
                 name=name,
@@ -443,7 +498,8 @@ def site_units(
 
 def list_sites(model: nn.Module, data: Any, *, unit_dim: UnitDim = None) -> pl.DataFrame:
     """Every candidate site of ``model`` (the ``layers="all"`` set) as a table: ``name``,
-    ``kind`` (module, function or method), ``n_units``, ``unit_dim`` (None where the axis
+    ``kind`` (``module``; ``call``: one call of a module that runs more than once, by its fx
+    node name; ``function``; ``method``), ``n_units``, ``unit_dim`` (None where the axis
     cannot be inferred: pass ``unit_dim``), ``shape`` (per-sample output shape).
 
     ``data`` is anything the engines accept (only its first two samples are run).
@@ -459,14 +515,23 @@ def list_sites(model: nn.Module, data: Any, *, unit_dim: UnitDim = None) -> pl.D
     with _eval_mode(model):
         names = resolve_sites(model, "all", sample_x=sample)
         rows: list[tuple[Any, ...]] = []
-        for name in names:
-            try:
-                spec = locate_sites(model, [name], sample, unit_dim=unit_dim).specs[0]
-                rows.append((name, spec.kind, spec.n_units, spec.unit_dim, list(spec.shape)))
-            except SiteError:
-                located = locate_sites(model, [name], sample, unit_dim={name: -1})
-                spec = located.specs[0]
-                rows.append((name, spec.kind, None, None, list(spec.shape)))
+        try:  # one trace and pass for every site; site by site where an axis is unknown
+            specs = locate_sites(model, names, sample, unit_dim=unit_dim).specs
+            rows = [(s.name, s.kind, s.n_units, s.unit_dim, list(s.shape)) for s in specs]
+        except SiteError:
+            if isinstance(unit_dim, Mapping) and set(unit_dim) - set(names):
+                raise
+            for name in names:
+                own: UnitDim = unit_dim
+                if isinstance(unit_dim, Mapping):
+                    own = {name: unit_dim[name]} if name in unit_dim else None
+                try:
+                    spec = locate_sites(model, [name], sample, unit_dim=own).specs[0]
+                    rows.append((name, spec.kind, spec.n_units, spec.unit_dim, list(spec.shape)))
+                except SiteError:
+                    located = locate_sites(model, [name], sample, unit_dim={name: -1})
+                    spec = located.specs[0]
+                    rows.append((name, spec.kind, None, None, list(spec.shape)))
     return pl.DataFrame(
         rows,
         schema={

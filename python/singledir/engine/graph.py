@@ -2,8 +2,9 @@
 
 A *site* is a module (an activation module, or any named module: a conv block, a residual
 block) or a graph node: ``torch.relu`` / ``F.relu`` / ``F.gelu`` / any
-``torch.nn.functional`` activation call and methods such as ``x.relu()``, named by its fx
-node name. A module site's output is the last node of the module's region in the graph
+``torch.nn.functional`` activation call, methods such as ``x.relu()`` and each call of a
+module that runs more than once (a shared ``self.relu``: ``relu``, ``relu_1``), named by its
+fx node name. A module site's output is the last node of the module's region in the graph
 (fx records each node's module path in ``node.meta["nn_module_stack"]``).
 
 The *unit axis* of a site is inferred from the operations that produce and consume it:
@@ -29,6 +30,7 @@ __all__ = [
     "GraphSites",
     "SiteNode",
     "is_activation_node",
+    "node_kind",
     "trace",
     "unit_dim_from_neighbours",
 ]
@@ -159,8 +161,9 @@ def is_activation_node(gm: fx.GraphModule, node: fx.Node) -> bool:
 
 @dataclass(frozen=True)
 class SiteNode:
-    """A site located in the graph: its user-facing name, kind (``module``, ``function`` or
-    ``method``) and the graph node whose output is ablated."""
+    """A site located in the graph: its user-facing name, kind (``module``, ``call``,
+    ``function`` or ``method``; see :func:`node_kind`) and the graph node whose output is
+    ablated."""
 
     name: str
     kind: str
@@ -168,8 +171,9 @@ class SiteNode:
 
 
 class GraphSites:
-    """Site lookup on a traced model: module names (any module the graph runs) and node
-    names (activation calls); the default site set; forward order."""
+    """Site lookup on a traced model: module names (any module the graph runs once) and
+    node names (activation calls, each call of a shared module); the default site set;
+    forward order."""
 
     def __init__(self, model: nn.Module, gm: fx.GraphModule):
         self.model = model
@@ -189,44 +193,67 @@ class GraphSites:
                     self.regions.setdefault(base, []).append(node)
 
     def default_names(self) -> list[str]:
-        """Activation modules that run once and activation function/method calls, in
-        forward order."""
+        """Activation modules that run once (by module name), each call of an activation
+        module that runs more than once (a shared ``self.relu``: by its fx node name,
+        ``relu``, ``relu_1``) and activation function/method calls, in forward order."""
         out = []
         for node in self.nodes:
             if not is_activation_node(self.gm, node):
                 continue
-            if node.op == "call_module":
-                name = str(node.target)
-                if self.calls.get(name, 0) == 1:
-                    out.append(name)
+            if node.op == "call_module" and self.calls.get(str(node.target), 0) == 1:
+                out.append(str(node.target))
             else:
                 out.append(node.name)
         return out
 
+    def call_names(self, module: str) -> list[str]:
+        """The fx node names of the calls of a leaf module, in forward order."""
+        return [n.name for n in self.nodes if n.op == "call_module" and str(n.target) == module]
+
     def find(self, name: str) -> SiteNode | None:
-        """The site called ``name`` (a module name first, then an fx node name)."""
+        """The site called ``name``: a module that runs once; else an fx node name (for a
+        module that runs more than once, the node of that name, which fx gives its first
+        call); None when neither applies cleanly.
+
+        Raises
+        ------
+        SiteError
+            A module that runs more than once and is not also a node name.
+        """
         modules = dict(self.model.named_modules())
-        if name in modules and name:
-            region = self.regions.get(name)
-            if not region:
-                return None
-            runs = self.calls.get(name, 0)
-            if runs != 1:
-                raise SiteError(
-                    f"module {name!r} runs {runs} times per forward pass: choose a module that "
-                    "runs exactly once (e.g. a block rather than a shared ReLU)"
-                )
-            out = max(region, key=lambda n: self.index[n])
-            inside = set(region)
-            if any(u not in inside for n in region if n is not out for u in n.users):
-                return None  # the module leaks more than its output: not a clean cut
-            return SiteNode(name=name, kind="module", node=out)
         node = self.by_name.get(name)
-        if node is None or node.op == "get_attr":
+        if node is not None and node.op == "get_attr":
+            node = None
+        if name in modules and name:
+            runs = self.calls.get(name, 0)
+            if runs > 1 and node is None:
+                calls = self.call_names(name)
+                hint = f"name one call by its fx node name ({', '.join(calls)})" if calls else ""
+                raise SiteError(
+                    f"module {name!r} runs {runs} times per forward pass: "
+                    + (hint + " or " if hint else "")
+                    + "choose a module that runs exactly once (e.g. a block)"
+                )
+            if runs == 1:
+                region = self.regions.get(name)
+                if not region:
+                    return None
+                out = max(region, key=lambda n: self.index[n])
+                inside = set(region)
+                if any(u not in inside for n in region if n is not out for u in n.users):
+                    return None  # the module leaks more than its output: not a clean cut
+                return SiteNode(name=name, kind="module", node=out)
+            if runs == 0 and node is None:
+                return None
+        if node is None:
             return None
-        return SiteNode(
-            name=name, kind="function" if node.op != "call_method" else "method", node=node
-        )
+        return SiteNode(name=name, kind=node_kind(node), node=node)
+
+
+def node_kind(node: fx.Node) -> str:
+    """The kind of a graph-node site: ``call`` (one call of a module, by its node name),
+    ``method`` (``x.relu()``) or ``function`` (``torch.relu``, ``F.gelu``, ``x + y``)."""
+    return {"call_module": "call", "call_method": "method"}.get(node.op, "function")
 
 
 # ----------------------------------------------------------------------------- unit axis
