@@ -152,6 +152,10 @@ def test_bad_engine_options(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFi
     np.save(tmp_path / "wide.npy", np.ones((2, 13)))
     np.save(tmp_path / "nan.npy", np.full((1, 12), np.nan))
     np.save(tmp_path / "one.npy", np.eye(12)[:2])
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    (tmp_path / "garbage.npy").write_bytes(bytes(range(256)) * 2)
+    (tmp_path / "garbage.pt").write_bytes(bytes(range(256)) * 2)
+    torch.save({"relu1": torch.nn.Linear(12, 2)}, tmp_path / "module.pt")  # not tensors
     out = tmp_path / "never.parquet"
     base = ["ablate", str(ckpt), "--split", "test", "--quiet", "--no-plot", "-o", str(out)]
     cases = [
@@ -159,6 +163,13 @@ def test_bad_engine_options(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFi
         (["--layers", "relu1", "--directions", str(tmp_path / "nan.npy")], "NaN or infinity"),
         (["--directions", str(tmp_path / "one.npy")], "one array but 2 sites"),
         (["--directions", str(tmp_path / "missing.npy")], "neither units, random"),
+        *(
+            (
+                ["--layers", "relu1", "--directions", str(tmp_path / name)],
+                f"{tmp_path / name} is not a NumPy .npy/.npz array or a tensor file: ",
+            )
+            for name in ("objects.npy", "garbage.npy", "garbage.pt", "module.pt")
+        ),
         (["--layers", "nope"], "choose from relu1, relu2"),
         (["--unit-dim", "5"], "out of range"),
         (["--unit-dim", "relu1=x"], "--unit-dim"),
@@ -168,4 +179,6 @@ def test_bad_engine_options(ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFi
         assert code != 0
         assert match in err, (extra, err)
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+        if "tensor file" in match:  # numpy's and torch's paragraphs are not pasted in, cut
+            assert err.strip().endswith("numpy.savez or torch.save"), err
         assert not out.exists()

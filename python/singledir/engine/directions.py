@@ -15,6 +15,8 @@ basis vectors e_u. ``directions`` may be:
 from __future__ import annotations
 
 import dataclasses
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -137,6 +139,18 @@ def from_coords(a: torch.Tensor, basis: torch.Tensor, dim: int = 1) -> torch.Ten
     return torch.tensordot(a.movedim(dim, -1), basis, dims=1).movedim(-1, dim)
 
 
+def _unreadable(exc: Exception) -> str:
+    """Why a directions file did not load, as one short clause (numpy's and torch's own
+    messages run to paragraphs)."""
+    text = str(exc)
+    if "pickle" in text.lower() and "weights only" not in text.lower():
+        return "it holds pickled Python objects or is not an array file, and neither is loaded"
+    if "weights only" in text.lower() or "weights_only" in text:
+        return "torch.load with weights_only=True cannot read it (not tensors, or not a torch file)"
+    first = re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()[0].split(". ")[0] if text else ""
+    return first if first and len(first) <= 100 else type(exc).__name__
+
+
 def load_directions(spec: str | None, sites: Sequence[str]) -> str | dict[str, Any]:
     """Directions from a command-line value: ``units`` / ``random``, or a file: ``.npy``
     (one ``(k, C)`` array: only with a single chosen site), ``.npz`` (one array per site
@@ -154,21 +168,23 @@ def load_directions(spec: str | None, sites: Sequence[str]) -> str | dict[str, A
             f"--directions {spec!r} is neither units, random nor an existing .npy/.npz/.pt file"
         )
     suffix = path.suffix.lower()
+    if suffix not in (".npy", ".npz", ".pt"):
+        raise InputError(f"--directions {spec!r}: use a .npy, .npz or .pt file")
     try:
         if suffix == ".npy":
             loaded: Any = np.load(path, allow_pickle=False)
         elif suffix == ".npz":
             with np.load(path, allow_pickle=False) as archive:
                 loaded = {k: archive[k] for k in archive.files}
-        elif suffix == ".pt":
-            loaded = torch.load(path, map_location="cpu", weights_only=True)
         else:
-            raise InputError(f"--directions {spec!r}: use a .npy, .npz or .pt file")
-    except InputError:
-        raise
+            with warnings.catch_warnings():  # torch warns about pickle protocols on garbage
+                warnings.simplefilter("ignore")
+                loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is one line
-        msg = str(exc).splitlines()[0][:100] if str(exc) else type(exc).__name__
-        raise InputError(f"cannot read directions from {spec!r} ({msg}): check the file") from None
+        raise InputError(
+            f"{spec} is not a NumPy .npy/.npz array or a tensor file: {_unreadable(exc)}; "
+            "save a (k, C) float array with numpy.save / numpy.savez or torch.save"
+        ) from None
     if isinstance(loaded, Mapping):
         return dict(loaded)
     if isinstance(loaded, np.ndarray | torch.Tensor):
