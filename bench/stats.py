@@ -19,6 +19,7 @@ only and a polars scan of the five columns, each in a child process whose peak R
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import platform
@@ -140,6 +141,17 @@ def write_records(path: Path, n_layers: int, n_units: int, n_samples: int, k: in
     pl.concat(frames).sink_parquet(path, row_group_size=1 << 20)
 
 
+def write_records_in_child(path: Path, n_layers: int, n_units: int, n_samples: int) -> None:
+    """`write_records` in a child process, so that this process stays small: a child's peak
+    memory counts its parent's memory at fork."""
+    code = (
+        "from pathlib import Path\nimport polars as pl\n"
+        + inspect.getsource(write_records)
+        + f"write_records(Path({str(path)!r}), {n_layers}, {n_units}, {n_samples})\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 CHILD_STATS = """
 import sys, time
 t = time.perf_counter()
@@ -150,6 +162,10 @@ try:
 except SystemExit as exc:
     assert not exc.code, exc.code
 print("SECONDS", time.perf_counter() - t)
+# Peak RSS of this process's own memory (VmHWM: a fresh count since exec; ru_maxrss of a
+# child would include the parent's memory at fork).
+peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print("PEAK_KB", peak.split()[1])
 """
 
 CHILD_GROUPBY = """
@@ -174,6 +190,10 @@ si = (
 )
 si.write_parquet(sys.argv[2])
 print("SECONDS", time.perf_counter() - t)
+# Peak RSS of this process's own memory (VmHWM: a fresh count since exec; ru_maxrss of a
+# child would include the parent's memory at fork).
+peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print("PEAK_KB", peak.split()[1])
 """
 
 CHILD_SCAN = """
@@ -185,6 +205,10 @@ cols = ["layer", "unit", "sample", "label", "activation"]
 for batch in pl.scan_parquet(sys.argv[1]).select(cols).collect_batches():
     n += batch.height
 print("SECONDS", time.perf_counter() - t)
+# Peak RSS of this process's own memory (VmHWM: a fresh count since exec; ru_maxrss of a
+# child would include the parent's memory at fork).
+peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print("PEAK_KB", peak.split()[1])
 """
 
 
@@ -200,8 +224,11 @@ def run_child(code: str, *args: str) -> tuple[float, float, float, float]:
     err = proc.stderr.read().decode() if proc.stderr else ""
     if status != 0:
         raise RuntimeError(f"child failed ({status}): {err[-2000:]}")
-    inner = float(next(line.split()[1] for line in out.splitlines() if line.startswith("SECONDS")))
-    return wall, inner, usage.ru_maxrss / 2**20, usage.ru_utime + usage.ru_stime
+
+    def field(key: str) -> float:
+        return float(next(line.split()[1] for line in out.splitlines() if line.startswith(key)))
+
+    return wall, field("SECONDS"), field("PEAK_KB") / 2**20, usage.ru_utime + usage.ru_stime
 
 
 def scale_rows(path: Path, repeats: int) -> list[tuple[str, float, float, float, float]]:
@@ -374,7 +401,7 @@ def main() -> None:
                 n_samples = args.scale_records // 3000
                 path = Path(tmp) / "records.parquet"
                 t0 = time.perf_counter()
-                write_records(path, 3, 1000, n_samples)
+                write_records_in_child(path, 3, 1000, n_samples)
                 print(f"\nwrote {3000 * n_samples:,} records in {time.perf_counter() - t0:.0f} s")
             size = path.stat().st_size / 1e6
             n_rec = pl.scan_parquet(path).select(pl.len()).collect().item()

@@ -18,7 +18,7 @@ import pytest
 import singledir as sd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from singledir import _core
+from singledir import _core, activation_stats
 from singledir.errors import InputError, ShapeError
 
 SETTINGS = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -84,6 +84,19 @@ def test_file_with_many_row_groups_equals_dense_bit_for_bit(tmp_path, options):
         assert got.columns == ref.columns
         assert got.equals(ref), (options, batch_rows)
     assert sd.stats_from_activations(table, **kwargs).equals(ref)  # a DataFrame, in memory
+
+
+@pytest.mark.parametrize("slice_rows", [1000, 4096, 10**6])
+def test_file_read_in_slices_equals_one_read(tmp_path, monkeypatch, slice_rows):
+    # Slices of the file (with reads ahead) that cut row groups and units anywhere.
+    arrays, y = layer_arrays(1100, 3, seed=4)
+    path = tmp_path / "acts.parquet"
+    records(arrays, y).write_parquet(path, row_group_size=1500)
+    ref = dense_reference(arrays, y, negative="shift")
+    monkeypatch.setattr(activation_stats, "READ_BATCH_ROWS", slice_rows)
+    got = sd.stats_from_activations(path, negative="shift")
+    assert got.height == sum(LAYERS.values())
+    assert got.equals(ref)
 
 
 @SETTINGS

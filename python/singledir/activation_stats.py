@@ -17,8 +17,10 @@ one more pass per group.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,9 @@ DEFAULT_BATCH_ROWS = 20_000_000
 #: Records per slice of a file handed to the core (a multiple of polars' default row group,
 #: 512**2, so slices cover whole row groups of files polars wrote).
 READ_BATCH_ROWS = 1 << 20
+
+#: Slices read ahead, concurrently, while the core works on the current one.
+READ_AHEAD = 2
 
 #: Layer runs per batch handled as runs; beyond it (layers interleaved record by record) the
 #: layer names are mapped record by record.
@@ -119,9 +124,9 @@ def _batches(
     activations as float32 (no copy when the file has these types).
 
     A file is read in slices of ``READ_BATCH_ROWS`` records (polars reads only the row
-    groups a slice covers), the next slice being read while the core works on this one: two
-    slices in memory at most, however large the file. Other sources stream through polars'
-    batches."""
+    groups a slice covers), the next ``READ_AHEAD`` slices being read while the core works on
+    this one: a few slices in memory at most, however large the file. Other sources stream
+    through polars' batches."""
     columns = [
         pl.col("layer"),
         pl.col("unit").cast(pl.Int64),
@@ -136,13 +141,18 @@ def _batches(
             yield from projected.collect_batches()
             return
         n_rows = int(lf.select(pl.len()).collect().item())
-        with ThreadPoolExecutor(1) as reader:
-            ahead = reader.submit(_read_slice, projected, 0, READ_BATCH_ROWS)
-            for offset in range(0, n_rows, READ_BATCH_ROWS):
-                batch = ahead.result()
-                if offset + READ_BATCH_ROWS < n_rows:
-                    ahead = reader.submit(
-                        _read_slice, projected, offset + READ_BATCH_ROWS, READ_BATCH_ROWS
+        offsets = iter(range(0, n_rows, READ_BATCH_ROWS))
+        with ThreadPoolExecutor(READ_AHEAD) as reader:
+            pending = deque(
+                reader.submit(_read_slice, projected, offset, READ_BATCH_ROWS)
+                for offset in islice(offsets, READ_AHEAD)
+            )
+            while pending:
+                batch = pending.popleft().result()
+                following = next(offsets, None)
+                if following is not None:
+                    pending.append(
+                        reader.submit(_read_slice, projected, following, READ_BATCH_ROWS)
                     )
                 yield batch
     except (DataError, InputError):
