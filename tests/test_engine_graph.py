@@ -886,6 +886,79 @@ def test_importance_through_an_affine_tail_in_a_graph(value: str) -> None:
                 )
 
 
+class _Encoder(nn.Module):
+    """A user-written transformer encoder over (N, T, C): pre-LayerNorm blocks with
+    multi-head attention and an F.gelu MLP, residual adds, a mean over the tokens and a
+    Linear head. After the last GELU the model is affine (fc2, + residual, mean, head)."""
+
+    def __init__(self, width: int = 8, classes: int = 3) -> None:
+        super().__init__()
+        self.embed = nn.Linear(4, width)
+        self.ln1 = nn.ModuleList(nn.LayerNorm(width) for _ in range(2))
+        self.attn = nn.ModuleList(
+            nn.MultiheadAttention(width, 2, batch_first=True) for _ in range(2)
+        )
+        self.ln2 = nn.ModuleList(nn.LayerNorm(width) for _ in range(2))
+        self.fc1 = nn.ModuleList(nn.Linear(width, 2 * width) for _ in range(2))
+        self.fc2 = nn.ModuleList(nn.Linear(2 * width, width) for _ in range(2))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.embed(x)
+        for k in range(2):
+            y = self.ln1[k](h)
+            h = h + self.attn[k](y, y, y, need_weights=False)[0]
+            h = h + self.fc2[k](F.gelu(self.fc1[k](self.ln2[k](h))))
+        return self.head(h.mean(dim=1))
+
+
+@pytest.mark.parametrize("value", ["zero", "mean"])
+def test_encoder_tail_through_two_linear_layers_is_affine(value: str) -> None:
+    """fc2 -> + residual -> mean over tokens -> head composes into one Linear map: the last
+    GELU takes the segmented path (cumulative logit terms), curves and importance exact."""
+    from singledir.engine.importance import importance_path
+
+    torch.manual_seed(6)
+    model = _centered(_Encoder(), (5, 4))
+    x, _ = _data((5, 4), n=30, classes=3)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    for layers in ("last1", "all"):
+        _, plan = _check_curves(model, x, layers, value=value, orderings=2)
+        assert plan.path == "segments" and set(plan.unit_dims) == {2}, plan
+    _check_curves(model, x, "all", value=value, orderings=1, directions="random")
+    engine = setup(model, (x, y), "gelu_1", None, torch.device("cpu"), torch.float32)
+    assert importance_path(engine, True)[0] == "tail"
+    imp = unit_importance(model, (x, y), "gelu_1", value=value, progress=False)
+    fills = ref.naive_moments(model, x, ["gelu_1"], [2])[0] if value == "mean" else None
+    rows = ref.naive_importance(model, x, y, "gelu_1", fills=fills, unit_dim=2)
+    got = np.rint(imp["accuracy"].to_numpy() * len(y)).astype(int)
+    assert np.all(np.abs(got - [r[0] for r in rows]) <= [r[2] for r in rows])
+    np.testing.assert_allclose(imp["loss"], [r[1] for r in rows], rtol=1e-5, atol=1e-5)
+
+
+class _TwoLayerHead(nn.Module):
+    """An MLP whose head is two Linear layers (with Dropout and an eval BatchNorm1d between
+    them) and no nonlinearity: one affine map from the last ReLU to the logits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(6, 9), nn.Linear(9, 7)
+        self.drop, self.bn, self.out = nn.Dropout(0.2), nn.BatchNorm1d(7), nn.Linear(7, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.bn(self.drop(self.fc2(torch.relu(self.fc1(x))))))
+
+
+def test_two_linear_layers_to_the_logits_are_one_affine_tail() -> None:
+    torch.manual_seed(8)
+    model = _centered(_random_bn(_TwoLayerHead()), (6,))
+    x, _ = _data((6,), n=40, classes=4)
+    for value in ("zero", "mean"):
+        _, plan = _check_curves(model, x, "relu", value=value)
+        assert (plan.runner, plan.path) == ("chain", "cumsum"), plan
+
+
 def test_noise_along_directions_matches_a_projection_reference() -> None:
     """Noise along direction d: ``h + s * sigma_d * z_d * d`` with sigma_d the std of the
     coordinate h.d (documented draw: k in place of the unit axis)."""

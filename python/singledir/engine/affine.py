@@ -1,6 +1,10 @@
 """Affine chains: the linear map from a site's units (or directions) to the next
 pre-activation, read off a chain of ops (:class:`~singledir.engine.runners.ChainOp`):
-``[pass] [mean pool [flatten] | flatten] (Linear | Conv1d/2d/3d) [BatchNorm eval] [pass]``.
+``[pass] [mean pool [flatten] | flatten] (Linear | Conv1d/2d/3d) [pass] [BatchNorm eval] [pass]``,
+where consecutive Linear layers (with only passes, site-independent additions and one mean
+over positions between them, as in a transformer's ``fc2 -> + residual -> mean -> head``)
+compose into one Linear map. Units on the last axis of ``(N, *positions, C)`` may go
+through per-position Linear layers before that mean: they commute with it.
 
 They give the incremental fast paths their rank-1 (Linear) and per-channel (conv) updates:
 changing unit u (or direction d) of the site by ``delta`` changes the chain's output by
@@ -19,6 +23,45 @@ from torch import nn
 from singledir.engine.runners import ChainOp
 
 __all__ = ["Chain", "parse_chain"]
+
+
+class _Composite(nn.Module):
+    """The linear part of consecutive Linear (and eval batch-norm) layers as one weight
+    ``(out, in)``; the chain's ops still run the real layers (biases, added terms)."""
+
+    def __init__(self, weight: torch.Tensor):
+        super().__init__()
+        self.weight = weight
+
+
+def _bn_scale(bn: nn.Module) -> torch.Tensor | None:
+    """The eval batch-norm scale ``gamma / sqrt(var + eps)``, None in training mode."""
+    assert isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d)
+    if bn.training or bn.running_var is None:
+        return None
+    var = bn.running_var
+    assert isinstance(var, torch.Tensor)
+    scale = torch.rsqrt(var + float(bn.eps))  # type: ignore[arg-type]
+    if isinstance(bn.weight, torch.Tensor):
+        scale = scale * bn.weight
+    return scale.detach()
+
+
+def _composite(layers: Sequence[tuple[nn.Module, torch.Tensor | None]]) -> nn.Module:
+    """One weight for Linear maps applied in order (each with its optional BN scale),
+    multiplied in float64."""
+    total: torch.Tensor | None = None
+    dtype = torch.float32
+    for layer, scale in layers:
+        weight = layer.weight
+        assert isinstance(weight, torch.Tensor)
+        dtype = weight.dtype
+        w = weight.detach().double()
+        if scale is not None:
+            w = w * scale.double().unsqueeze(1)
+        total = w if total is None else w @ total
+    assert total is not None
+    return _Composite(total.to(dtype))
 
 
 @dataclass
@@ -119,6 +162,14 @@ def parse_chain(
     i = skip(i)
     reduce_spatial = False
     positions = tuple(d for d in range(1, site_ndim) if d != unit_dim)
+    # per-position Linear layers on the unit (last) axis, before the mean over positions
+    before: list[tuple[nn.Module, torch.Tensor | None]] = []
+    if site_ndim >= 3 and unit_dim == site_ndim - 1:
+        while i < n and ops[i].kind == "linear":
+            layer = ops[i].layer
+            assert layer is not None
+            before.append((layer, None))
+            i = skip(i + 1)
     if unit_dim != 1 or (i < n and ops[i].kind == "mean_over"):
         if not (i < n and ops[i].kind == "mean_over" and ops[i].reduced == positions):
             return None
@@ -136,46 +187,51 @@ def parse_chain(
     elif i < n and ops[i].kind == "flatten" and site_ndim == 2:
         i += 1
     i = skip(i)
-    if i >= n:
-        return None
+    if i >= n or ops[i].kind not in ("linear", "conv"):
+        if not before:
+            return None
+        return Chain(site_pos + 1, i, _composite(before), True, None, basis)
     layer = ops[i].layer
     if ops[i].kind == "linear":
         if site_ndim != 2 and not reduce_spatial:
             return None
-    elif ops[i].kind == "conv":
+    else:
         assert isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d)
         conv_nd = layer.weight.ndim - 2
         if (
-            site_ndim != conv_nd + 2
+            before
+            or site_ndim != conv_nd + 2
             or reduce_spatial
             or layer.groups != 1
             or layer.padding_mode != "zeros"
             or isinstance(layer.padding, str)
         ):
             return None
-    else:
-        return None
     assert layer is not None
-    i += 1
+    i = skip(i + 1)
     scale = None
     if i < n and ops[i].kind == "bn":
-        bn = ops[i].layer
-        assert isinstance(bn, nn.BatchNorm1d | nn.BatchNorm2d | nn.BatchNorm3d)
-        if bn.training or bn.running_var is None:
+        scale = _bn_scale(ops[i].layer)  # type: ignore[arg-type]
+        if scale is None:
             return None
-        var = bn.running_var
-        assert isinstance(var, torch.Tensor)
-        scale = torch.rsqrt(var + float(bn.eps))  # type: ignore[arg-type]
-        if isinstance(bn.weight, torch.Tensor):
-            scale = scale * bn.weight
-        scale = scale.detach()
         i += 1
     i = skip(i)
-    return Chain(
-        start=site_pos + 1,
-        end=i,
-        layer=layer,
-        reduce_spatial=reduce_spatial,
-        scale=scale,
-        basis=basis,
-    )
+    if isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        return Chain(site_pos + 1, i, layer, reduce_spatial, scale, basis)
+    # further Linear layers on the (now 2-D) activity compose with this one
+    layers = [*before, (layer, scale)]
+    while i < n and ops[i].kind == "linear" and len(ops[i - 1].out_shape) == 1:
+        nxt = ops[i].layer
+        assert nxt is not None
+        i = skip(i + 1)
+        nxt_scale = None
+        if i < n and ops[i].kind == "bn":
+            nxt_scale = _bn_scale(ops[i].layer)  # type: ignore[arg-type]
+            if nxt_scale is None:
+                return None
+            i += 1
+        layers.append((nxt, nxt_scale))
+        i = skip(i)
+    if len(layers) == 1:
+        return Chain(site_pos + 1, i, layer, reduce_spatial, scale, basis)
+    return Chain(site_pos + 1, i, _composite(layers), reduce_spatial, None, basis)
