@@ -50,3 +50,14 @@ def test_top_level_help_loads_no_torch() -> None:
         "from singledir.cli.app import main\ntry:\n    main()\nexcept SystemExit:\n    pass"
     )
     assert _loaded_after(code) == set()
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "singledir", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "Usage: python -m singledir" in " ".join(run.stdout.split())
