@@ -872,6 +872,11 @@ pub fn summarize_long(
         labels.len(),
         values.len()
     );
+    if let Some(row_labels) = interleaved_rows(units, labels, n_units) {
+        // The records are a flattened row-major (samples, units) array: the dense path does
+        // the same per-unit operations in the same order, over rows.
+        return super::summarize_dense(values, n / n_units, n_units, &row_labels, opts);
+    }
     let mut stats = RecordStats::new(*opts, Some(n_units), usize::MAX)?;
     let layer = stats.layer_code("");
     loop {
@@ -882,4 +887,29 @@ pub fn summarize_long(
     }
     let mut layers = stats.finish()?;
     Ok(layers.pop().map(|(_, s)| s).unwrap_or_default())
+}
+
+/// Rows per task when checking for the interleaved layout.
+const ROW_CHECK_CHUNK: usize = 4096;
+
+/// The per-row labels when record `i` is unit `i % n_units` of row `i / n_units` and every
+/// record of a row has the row's label (the layout of a flattened dense array); else None.
+fn interleaved_rows(units: &[i64], labels: &[i64], n_units: usize) -> Option<Vec<i64>> {
+    let n = units.len();
+    if n_units == 0 || n == 0 || n % n_units != 0 {
+        return None;
+    }
+    let row_ok = |(unit_row, label_row): (&[i64], &[i64])| {
+        unit_row.iter().enumerate().all(|(j, &u)| u == j as i64)
+            && label_row.iter().all(|&l| l == label_row[0])
+    };
+    let ok = units
+        .par_chunks(n_units * ROW_CHECK_CHUNK)
+        .zip(labels.par_chunks(n_units * ROW_CHECK_CHUNK))
+        .all(|(uc, lc)| {
+            uc.chunks_exact(n_units)
+                .zip(lc.chunks_exact(n_units))
+                .all(row_ok)
+        });
+    ok.then(|| labels.iter().step_by(n_units).copied().collect())
 }
