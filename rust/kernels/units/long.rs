@@ -185,6 +185,42 @@ fn close_open_unit(state: &mut LayerState, mo: &MiOptions, scratch: &mut MiScrat
     state.open_labels.clear();
 }
 
+/// Adds one record of unit `u` (checked): [`add_unit_run`] for a run of one.
+#[inline(always)]
+fn add_record(
+    state: &mut LayerState,
+    u: usize,
+    k: usize,
+    c: usize,
+    x: f32,
+    (sums_on, pos_on, moments_on): (bool, bool, bool),
+) {
+    let t = &mut state.tot;
+    let (cell, xf, seen) = (u * k + c, x as f64, t.n[u]);
+    if seen == 0 {
+        t.x0[u] = xf;
+    }
+    t.counts[cell] += 1;
+    if sums_on {
+        state.run_sums[cell] += xf;
+    }
+    if pos_on {
+        state.run_pos[cell] += xf.max(0.0);
+    }
+    if moments_on {
+        let d = xf - t.x0[u];
+        state.run_s1[u] += d;
+        state.run_s2[u] += d * d;
+        t.active[u] += (x > 0.0) as u64;
+    }
+    t.lo[u] = t.lo[u].min(x);
+    t.hi[u] = t.hi[u].max(x);
+    t.n[u] = seen + 1;
+    if (seen + 1) % SUM_RUN as u64 == 0 {
+        state.flush(u);
+    }
+}
+
 /// Adds a run of records of unit `u` (checked) to its sums, in order, flushing at every
 /// [`SUM_RUN`] records of the unit: the operations of the summation rule, with the unit's
 /// running values in registers.
@@ -550,6 +586,17 @@ impl RecordStats {
         while i < n {
             let u = units[i] as usize;
             let j = i + units[i..].iter().take_while(|&&v| v as usize == u).count();
+            if j == i + 1 && !collect && samples.is_none() {
+                // A lone record (units interleaved): the direct update, without run set-up.
+                let (c, x) = (labels[i] as usize, values[i]);
+                if !x.is_finite() {
+                    let at = format!("record {i} of the batch");
+                    return Err(non_finite(&state.unit_label(u), x, &at));
+                }
+                add_record(state, u, k, c, x, flags);
+                i = j;
+                continue;
+            }
             if let Some(samples) = samples {
                 // The bitset word of the current samples stays in a register (samples in
                 // order share words), instead of a load that waits on the previous store.
