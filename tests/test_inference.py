@@ -97,12 +97,66 @@ def test_bootstrap_within_unit_resampling_widens_single_unit_interval() -> None:
     ci = bootstrap_interval(_mean, [one_net], seed=0)
     assert ci.method == "percentile"  # no jackknife over one unit
     assert ci.low < 0.7 < ci.high
+    # one value resampled gives no spread: no interval (it used to read [0.7, 0.7])
     fixed = bootstrap_interval(_mean, [one_net], within=False, seed=0)
-    assert fixed.low == fixed.high == pytest.approx(0.7)
+    assert fixed.method == "none" and math.isnan(fixed.low) and math.isnan(fixed.high)
+    assert "no spread" in fixed.note and verdict_from_interval(fixed, 0.0, "greater", 0.0) == (
+        INCONCLUSIVE
+    )
+    few = bootstrap_interval(_mean, [one_net], seed=0, min_units=3, bounds=(0.0, 1.0))
+    assert (few.low, few.high, few.method) == (0.0, 1.0, "none") and "fewer than the 3" in (
+        few.note
+    )
     with pytest.raises(ConfigError, match="method"):
         bootstrap_interval(_mean, [one_net], method="abc")
     with pytest.raises(InputError, match="no units"):
         bootstrap_interval(_mean, [[]])
+
+
+def test_a_bootstrap_of_three_monotone_nets_has_no_interval() -> None:
+    """Spearman's rho over 3 monotone points: every resample with two or more distinct
+    points gives -1 (checked by enumerating all 27 resamples), so the bootstrap has no
+    spread, and 3 of the 27 resamples (11%) repeat one net: no interval. The claim reports
+    the full range [-1, 1] and reads inconclusive from it, not [-1, -1]."""
+    from singledir.claims import correlation_claim, difference_claim
+
+    x = np.array([0.0, 0.5, 1.0])
+    y = np.array([0.9, 0.7, 0.4])
+    seen, single = set(), 0
+    for pick in itertools.product(range(3), repeat=3):
+        single += len(set(pick)) == 1
+        rho = spearman(x[list(pick)], y[list(pick)])
+        if math.isfinite(rho):
+            seen.add(round(rho, 12))
+    assert seen == {-1.0} and single / 27 > 0.025  # the reference: degenerate, thin tails
+    rows = [as_units(np.column_stack([x, y]))]
+    flat = bootstrap_interval(lambda a: spearman(a[:, 0], a[:, 1]), rows, bounds=(-1.0, 1.0))
+    assert (flat.low, flat.high, flat.method) == (-1.0, 1.0, "none")
+    assert "every bootstrap resample of the 3 units gives -1" in flat.note
+    c = correlation_claim("Fig. 2", "AUC falls", x, y, expect="negative", what="nets", seed=0)
+    assert c.ci == [-1.0, 1.0] and c.verdict == INCONCLUSIVE and c.estimate == -1.0
+    assert "no 95% CI (3 unit(s) in a group, fewer than the 4" in c.statistic
+    assert "shown as the full range [-1.000, 1.000]" in c.statistic
+    assert c.detectable_text() == "none at this n" and "nan" not in c.statistic
+    # orderings per net make the rows vary (a [-1, -0.87] bootstrap): still no interval
+    nested = [np.array([v, v + 0.01, v - 0.01]) for v in y]
+    c = correlation_claim("Fig. 2", "AUC falls", x, nested, expect="negative", what="nets")
+    assert c.ci == [-1.0, 1.0] and c.verdict == INCONCLUSIVE
+    # four nets: an interval again, from the bootstrap
+    c4 = correlation_claim(
+        "Fig. 2", "AUC falls", [0, 1, 2, 3], [0.9, 0.8, 0.85, 0.3], expect="negative", what="nets"
+    )
+    assert (
+        c4.ci is not None
+        and -1.0 <= c4.ci[0] < c4.ci[1] <= 1.0
+        and "no 95% CI" not in (c4.statistic)
+    )
+    # two nets per group: too few for a difference interval (NaN, "no interval")
+    d = difference_claim(
+        "t", "a > b", [0.9, 0.8], [0.5, 0.4], larger_name="a", smaller_name="b", what="AUC"
+    )
+    assert d.verdict == INCONCLUSIVE and d.ci is not None and all(math.isnan(v) for v in d.ci)
+    assert d.interval_text().endswith("[no interval]") and "fewer than the 4" in d.statistic
 
 
 @settings(max_examples=12, deadline=None)

@@ -32,6 +32,7 @@ from singledir.inference import (
     FAILS,
     HOLDS,
     INCONCLUSIVE,
+    MIN_UNITS,
     N_BOOTSTRAP,
     N_PERMUTATIONS,
     Interval,
@@ -66,6 +67,12 @@ __all__ = [
 
 ALPHA = 0.05
 POWER = 0.8
+NO_POWER = "none at this n"
+NO_INTERVAL_RULE = (
+    f"; with fewer than {MIN_UNITS} units in a group, or a bootstrap whose resamples all give "
+    "one value, there is no interval (the full range or n/a is shown) and the claim is "
+    "inconclusive"
+)
 
 
 @dataclass
@@ -152,10 +159,18 @@ class Claim:
         return f"{fmt(self.estimate, 2)} [{low}, {high}], p = {fmt(self.p_value, 3)}"
 
     def interval_text(self) -> str:
-        """``estimate [low, high]`` for tables (empty without an interval)."""
+        """``estimate [low, high]`` for tables (empty without an estimate; ``[no interval]``
+        where the bootstrap could not give one)."""
         if self.estimate is None or self.ci is None:
             return ""
+        if not all(v is not None and math.isfinite(float(v)) for v in self.ci):
+            return f"{fmt(self.estimate)} [no interval]"
         return f"{fmt(self.estimate)} [{fmt(self.ci[0])}, {fmt(self.ci[1])}]"
+
+    def detectable_text(self) -> str:
+        """The detectable effect for tables: ``none at this n`` when no effect can reach
+        significance with this many units."""
+        return NO_POWER if _finite_or_none(self.detectable) is None else fmt(self.detectable)
 
 
 def _finite_or_none(v: Any) -> Any:
@@ -232,7 +247,15 @@ def _p_text(p: float, test: str, exact: bool) -> str:
 
 
 def _ci_text(ci: Interval) -> str:
-    return f"{fmt(ci.level * 100, 0)}% CI [{fmt(ci.low, 3)}, {fmt(ci.high, 3)}]"
+    level = f"{fmt(ci.level * 100, 0)}%"
+    if not ci.informative:
+        shown = (
+            f", shown as the full range [{fmt(ci.low, 3)}, {fmt(ci.high, 3)}]"
+            if math.isfinite(ci.low) and math.isfinite(ci.high)
+            else ""
+        )
+        return f"no {level} CI ({ci.note}){shown}"
+    return f"{level} CI [{fmt(ci.low, 3)}, {fmt(ci.high, 3)}]"
 
 
 def _power_text(detectable: float, what: str) -> str:
@@ -282,7 +305,7 @@ def correlation_claim(
         f"holds when the 95% bootstrap interval (BCa; units: {what}{within}) of {name} lies "
         f"{'below' if side == 'less' else 'above'} 0 and the one-sided permutation p < "
         f"{ALPHA}; does not hold when it lies on the other side of 0; otherwise (or with "
-        f"fewer than {min_points} {what}) inconclusive"
+        f"fewer than {min_points} {what}) inconclusive" + NO_INTERVAL_RULE
     )
     detectable = min_detectable_correlation(n, alpha=ALPHA, power=POWER, method=method)
     base = Claim(
@@ -310,7 +333,12 @@ def correlation_claim(
     )
     rows = [np.column_stack([np.full(u.size, xi), u]) for xi, u in zip(xa, units, strict=True)]
     ci = bootstrap_interval(
-        lambda a: corr(a[:, 0], a[:, 1]), [rows], n_resamples=n_resamples, seed=seed
+        lambda a: corr(a[:, 0], a[:, 1]),
+        [rows],
+        n_resamples=n_resamples,
+        seed=seed,
+        bounds=(-1.0, 1.0),
+        min_units=MIN_UNITS,
     )
     other_name = "Pearson r" if method == "spearman" else "Spearman rho"
     base.statistic = (
@@ -356,6 +384,7 @@ def difference_claim(
         f"{f', {replicates} resampled within each' if any(u.size > 1 for u in ua + ub) else ''}) "
         f"of mean({larger_name}) - mean({smaller_name}) lies above 0 and the one-sided "
         f"permutation p < {ALPHA}; does not hold when it lies below 0; otherwise inconclusive"
+        + NO_INTERVAL_RULE
     )
     base = Claim(
         figure,
@@ -381,7 +410,11 @@ def difference_claim(
         a, b, alternative="greater", n_resamples=N_PERMUTATIONS, seed=seed
     )
     ci = bootstrap_interval(
-        lambda x, y: float(x.mean() - y.mean()), [ua, ub], n_resamples=n_resamples, seed=seed
+        lambda x, y: float(x.mean() - y.mean()),
+        [ua, ub],
+        n_resamples=n_resamples,
+        seed=seed,
+        min_units=MIN_UNITS,
     )
     if a.size + b.size > 2:
         sd = float(
@@ -437,7 +470,7 @@ def mean_claim(
         f"{f', {replicates} resampled within each' if nested else ''}) of the mean {what} "
         f"lies {'above' if side == 'greater' else 'below'} {fmt(null)} and the one-sided "
         f"sign-flip p < {ALPHA}; does not hold when it lies on the other side; otherwise "
-        "inconclusive"
+        "inconclusive" + NO_INTERVAL_RULE
     )
     base = Claim(
         figure,
@@ -458,7 +491,9 @@ def mean_claim(
     m = np.array([u.mean() for u in us])
     estimate = float(m.mean())
     test = sign_flip_test(m - null, alternative=side, n_resamples=N_PERMUTATIONS, seed=seed)
-    ci = bootstrap_interval(lambda v: float(v.mean()), [us], n_resamples=n_resamples, seed=seed)
+    ci = bootstrap_interval(
+        lambda v: float(v.mean()), [us], n_resamples=n_resamples, seed=seed, min_units=MIN_UNITS
+    )
     sd = float(m.std(ddof=1)) if m.size > 1 else float("nan")
     detectable = min_detectable_difference(sd, m.size, alpha=ALPHA, power=POWER)
     base.statistic = (

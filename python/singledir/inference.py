@@ -10,6 +10,14 @@ bootstrap resamples units with replacement and, with ``within=True``, the rows o
 unit too (orderings resampled within a net). Two independent groups are two samples; paired
 measurements are columns of one sample.
 
+No interval where the bootstrap cannot give one
+-----------------------------------------------
+A bootstrap distribution with no spread (every resample gives the same value, as Spearman's
+rho over 3 monotone points always does) or a sample with fewer units than ``min_units``
+claims a certainty it does not have: :func:`bootstrap_interval` then reports the full range
+the statistic can take (``bounds``, e.g. ``(-1, 1)`` for a correlation) or, without bounds,
+NaN, with the reason in ``Interval.note``; either way the verdict reads inconclusive.
+
 Verdicts (:func:`verdict_from_interval`)
 ---------------------------------------
 ``holds`` when the interval excludes the null value on the expected side and p < alpha;
@@ -37,6 +45,7 @@ __all__ = [
     "FAILS",
     "INCONCLUSIVE",
     "Interval",
+    "MIN_UNITS",
     "TestResult",
     "claim_seed",
     "as_units",
@@ -59,6 +68,10 @@ FAILS = "does not hold"
 INCONCLUSIVE = "inconclusive"
 ALTERNATIVES = ("greater", "less", "two-sided")
 N_BOOTSTRAP = 2000
+# Fewest units per group behind a claim's 95% bootstrap interval: with n units a share
+# n^(1-n) of the resamples repeat one unit (11% for n = 3), more than the 2.5% each tail
+# of the interval holds, so below 4 the interval's ends are set by such degenerate draws.
+MIN_UNITS = 4
 N_PERMUTATIONS = 9999
 
 Units = Sequence[Any]  # one sample: a sequence of units, each an array of replicate rows
@@ -66,15 +79,22 @@ Units = Sequence[Any]  # one sample: a sequence of units, each an array of repli
 
 @dataclass(frozen=True)
 class Interval:
-    """A confidence interval: ``[low, high]`` at ``level`` by ``method``."""
+    """A confidence interval: ``[low, high]`` at ``level`` by ``method``; ``note`` says why
+    there is no bootstrap interval (``method`` ``"none"``: the full range or NaN)."""
 
     low: float
     high: float
     level: float
     method: str
+    note: str = ""
 
     def as_list(self) -> list[float]:
         return [self.low, self.high]
+
+    @property
+    def informative(self) -> bool:
+        """A bootstrap interval (not the full range or NaN standing in for one)."""
+        return self.method != "none"
 
 
 @dataclass(frozen=True)
@@ -147,6 +167,8 @@ def bootstrap_interval(
     level: float = 0.95,
     method: str = "bca",
     seed: int = 0,
+    bounds: tuple[float, float] | None = None,
+    min_units: int = 1,
 ) -> Interval:
     """Bootstrap confidence interval of ``statistic(*unit_values)``.
 
@@ -164,6 +186,13 @@ def bootstrap_interval(
     method:
         ``"bca"`` (bias-corrected and accelerated, jackknife over units; falls back to the
         percentile interval when a sample has a single unit) or ``"percentile"``.
+    bounds:
+        The range the statistic can take (``(-1, 1)`` for a correlation): the interval
+        reported when the bootstrap cannot give one (NaN without bounds).
+    min_units:
+        Fewest units a sample needs for an interval (claims across nets ask for
+        :data:`MIN_UNITS`); with fewer, no bootstrap is run. A bootstrap distribution with
+        no spread gives no interval either. Both cases have ``method="none"`` and a note.
     """
     if method not in ("bca", "percentile"):
         raise ConfigError(f"method must be 'bca' or 'percentile', got {method!r}")
@@ -172,6 +201,17 @@ def bootstrap_interval(
     rng = np.random.default_rng(seed)
     data = [_unit_rows(s) for s in samples]
     means = [_unit_means(p, c) for p, c in data]
+
+    def no_interval(why: str) -> Interval:
+        low, high = (float("nan"), float("nan")) if bounds is None else bounds
+        return Interval(float(low), float(high), level, "none", why)
+
+    fewest = min(m.shape[0] for m in means)
+    if fewest < min_units:
+        return no_interval(
+            f"{fewest} unit(s) in a group, fewer than the {min_units} a bootstrap interval "
+            f"needs: {100 * fewest ** (1 - fewest):.0f}% of resamples would repeat one unit"
+        )
     estimate = float(statistic(*[_squeeze(m) for m in means]))
     draws = []
     for padded, counts in data:
@@ -191,12 +231,18 @@ def bootstrap_interval(
     )
     boot = boot[np.isfinite(boot)]
     if boot.size == 0 or not math.isfinite(estimate):
-        return Interval(float("nan"), float("nan"), level, method)
+        return no_interval("the statistic is undefined on the resamples")
+    if np.ptp(boot) == 0:
+        units = sum(m.shape[0] for m in means)
+        return no_interval(
+            f"every bootstrap resample of the {units} units gives {float(boot[0]):.3g}: "
+            "no spread to make an interval from"
+        )
     tail = (1.0 - level) / 2.0
     lo_q, hi_q = tail, 1.0 - tail
     used = method
     if method == "bca":
-        if any(m.shape[0] < 2 for m in means) or np.ptp(boot) == 0:
+        if any(m.shape[0] < 2 for m in means):
             used = "percentile"
         else:
             below = (np.sum(boot < estimate) + np.sum(boot <= estimate)) / (2.0 * boot.size)

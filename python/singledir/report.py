@@ -124,7 +124,7 @@ def _claims_html(claims: Sequence[Claim]) -> str:
             f"<td>{html.escape(c.figure)}</td><td>{html.escape(c.claim)}</td>"
             f"<td>{html.escape(c.statistic)}</td>"
             f"<td>{html.escape(c.interval_text())}</td><td>{html.escape(fmt(c.p_value))}</td>"
-            f"<td>{html.escape(fmt(c.n))}</td><td>{html.escape(fmt(c.detectable))}</td>"
+            f"<td>{html.escape(fmt(c.n))}</td><td>{html.escape(c.detectable_text())}</td>"
             f"<td class='{_verdict_class(c.verdict)}' title='{html.escape(c.rule)}'>"
             f"{html.escape(c.verdict)}</td></tr>"
         )
@@ -144,7 +144,7 @@ def _claims_md(claims: Sequence[Claim]) -> str:
     for c in claims:
         lines.append(
             f"| {c.figure} | {c.claim} | {c.statistic} | {c.interval_text()} | "
-            f"{fmt(c.p_value)} | {fmt(c.n)} | {fmt(c.detectable)} | **{c.verdict}** |".replace(
+            f"{fmt(c.p_value)} | {fmt(c.n)} | {c.detectable_text()} | **{c.verdict}** |".replace(
                 "\n", " "
             )
         )
@@ -153,8 +153,8 @@ def _claims_md(claims: Sequence[Claim]) -> str:
 
 POWER_NOTE = (
     "detectable: the smallest effect (distance from the null, on the estimate's scale) this "
-    "design detects with 80% power by a one-sided test at p < 0.05; n/a when no effect could "
-    "reach p < 0.05 with this many units."
+    "design detects with 80% power by a one-sided test at p < 0.05; none at this n when no "
+    "effect could reach p < 0.05 with this many units."
 )
 
 
