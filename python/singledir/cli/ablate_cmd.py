@@ -260,5 +260,7 @@ def ablate(
     outputs = ", ".join(str(p) for p in (out, plot_path, summary_path) if p is not None)
     say(
         Text("AUC", style="bold"),
-        plain(f"{auc_mean:.4f}{std_text} over {n_orderings} ordering(s), seed {seed}  -> {outputs}"),
+        plain(
+            f"{auc_mean:.4f}{std_text} over {n_orderings} ordering(s), seed {seed}  -> {outputs}"
+        ),
     )
