@@ -145,9 +145,10 @@ class SelectivityRegularizer:
         calls = [n for n in self.sites if kinds.get(n, "module") != "module" or n not in modules]
         if calls:
             raise SiteError(
-                f"the selectivity regularizer hooks modules, and {', '.join(calls)} is a "
-                "function call in forward: use an nn.ReLU (or other activation) module there, "
-                "or name module sites"
+                f"the selectivity regularizer hooks modules that run once, and "
+                f"{', '.join(calls)} is a function call in forward (or one call of a module "
+                "that runs twice): use one nn.ReLU (or other activation) module per call "
+                "there, or name module sites"
             )
         self.model = model
         self.alpha = float(alpha)
