@@ -511,9 +511,13 @@ def test_compare_claim_matches_pairwise_loop_and_scipy(
         ).pvalue
         assert c.p_value == pytest.approx(ref, abs=1e-12 if len(splits) <= 9999 else 0.03)
     assert c.ci is not None
-    if min(len(a), len(b)) < MIN_UNITS or (np.ptp(a) == 0 and np.ptp(b) == 0):
-        # too few nets in a group, or no spread to resample: no interval, inconclusive
+    if min(len(a), len(b)) < MIN_UNITS:
+        # too few nets in a group: no interval, inconclusive
         assert np.isnan(c.ci).all() and c.verdict == "inconclusive", c.statistic
+    elif np.ptp(a) == 0 and np.ptp(b) == 0:
+        # enough nets, no spread: every resample gives the observed difference
+        assert c.ci[0] == c.ci[1] == pytest.approx(np.mean(a) - np.mean(b)), c.statistic
+        assert "every bootstrap resample" in c.statistic
     else:
         assert c.ci[0] <= c.ci[1]
     assert c.verdict == verdict_from_interval(c.ci, 0.0, "greater", c.p_value)

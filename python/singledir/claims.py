@@ -255,7 +255,8 @@ def _ci_text(ci: Interval) -> str:
             else ""
         )
         return f"no {level} CI ({ci.note}){shown}"
-    return f"{level} CI [{fmt(ci.low, 3)}, {fmt(ci.high, 3)}]"
+    note = f"; {ci.note}" if ci.note else ""
+    return f"{level} CI [{fmt(ci.low, 3)}, {fmt(ci.high, 3)}]{note}"
 
 
 def _power_text(detectable: float, what: str) -> str:

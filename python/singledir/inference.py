@@ -12,11 +12,14 @@ measurements are columns of one sample.
 
 No interval where the bootstrap cannot give one
 -----------------------------------------------
-A bootstrap distribution with no spread (every resample gives the same value, as Spearman's
-rho over 3 monotone points always does) or a sample with fewer units than ``min_units``
-claims a certainty it does not have: :func:`bootstrap_interval` then reports the full range
-the statistic can take (``bounds``, e.g. ``(-1, 1)`` for a correlation) or, without bounds,
-NaN, with the reason in ``Interval.note``; either way the verdict reads inconclusive.
+A sample with fewer units than ``min_units``, or a bootstrap distribution with no spread
+over fewer than :data:`MIN_UNITS` units (as Spearman's rho over 3 monotone points always
+gives), claims a certainty it does not have: :func:`bootstrap_interval` then reports the
+full range the statistic can take (``bounds``, e.g. ``(-1, 1)`` for a correlation) or,
+without bounds, NaN, with the reason in ``Interval.note``; either way the verdict reads
+inconclusive. With :data:`MIN_UNITS` or more units and no spread (rho over 6 monotone nets
+is -1 in every resample) the interval is that point, with a note saying so: the exact
+permutation p then says how strong the evidence is.
 
 Verdicts (:func:`verdict_from_interval`)
 ---------------------------------------
@@ -234,9 +237,22 @@ def bootstrap_interval(
         return no_interval("the statistic is undefined on the resamples")
     if np.ptp(boot) == 0:
         units = sum(m.shape[0] for m in means)
-        return no_interval(
-            f"every bootstrap resample of the {units} units gives {float(boot[0]):.3g}: "
-            "no spread to make an interval from"
+        if fewest < MIN_UNITS:
+            return no_interval(
+                f"every bootstrap resample of the {units} units gives {float(boot[0]):.3g}: "
+                "no spread to make an interval from"
+            )
+        # Enough units, and every resample agrees (e.g. Spearman's rho over 6 monotone
+        # nets is -1 in every resample): the bootstrap's own answer is that point. Reporting
+        # no interval here would turn the strongest evidence (exact p = 1/720) into
+        # "inconclusive"; the note keeps the zero width visible to the reader.
+        value = float(boot[0])
+        return Interval(
+            value,
+            value,
+            level,
+            "percentile",
+            f"every bootstrap resample of the {units} units gives {value:.3g}",
         )
     tail = (1.0 - level) / 2.0
     lo_q, hi_q = tail, 1.0 - tail
