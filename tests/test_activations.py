@@ -203,6 +203,40 @@ def test_bad_inputs_raise_and_leave_no_hooks() -> None:
     assert not model.training
 
 
+@pytest.mark.parametrize(
+    "labels",
+    [
+        torch.tensor([0.0, 1.0, 2.0, 1.0]),  # float labels
+        torch.tensor([0, 1, 7, 1]),  # beyond the model's 3 classes
+        torch.tensor([0, -1, 2, 1]),
+    ],
+)
+def test_records_refuse_the_labels_every_entry_point_refuses(labels: torch.Tensor) -> None:
+    from singledir.ablation import unit_importance
+
+    model = _mlp()
+    x, _ = _xy(4, (1, 3, 4), 3)
+    with pytest.raises(InputError) as other:
+        unit_importance(model, (x, labels), progress=False)
+    for record in (record_activation_arrays, record_activations):
+        with pytest.raises(InputError) as refused:
+            record(model, (x, labels), "all", progress=False)
+        assert str(refused.value) == str(other.value)
+        assert "\n" not in str(refused.value)
+    assert _no_hooks(model)
+
+
+def test_a_list_of_pairs_is_read_like_tensors() -> None:
+    model = _mlp()
+    x, y = _xy(9, (1, 3, 4), 3)
+    arrays, labels = record_activation_arrays(model, (x, y), "all", batch_size=4, progress=False)
+    pairs = [(x[i], y[i]) for i in range(9)]
+    got, got_labels = record_activation_arrays(model, pairs, "all", batch_size=4, progress=False)
+    np.testing.assert_array_equal(got_labels, labels)
+    for site, values in arrays.items():
+        np.testing.assert_array_equal(got[site], values)
+
+
 def test_record_then_stats_gives_direct_selectivity(tmp_path: object) -> None:
     """record -> parquet -> stats_from_activations equals class_selectivity on the arrays
     and a plain NumPy loop over the paper's definition."""

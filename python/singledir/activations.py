@@ -153,12 +153,15 @@ def record_activation_arrays(
         sample = batches.sample_x
         try:
             with torch.no_grad():
-                model(sample)
+                out = model(sample)
         except (RuntimeError, ValueError, IndexError, TypeError) as exc:
             raise InputError(
                 f"inputs of shape {tuple(sample.shape[1:])} do not fit the model "
-                f"({str(exc).splitlines()[0][:120]}): check the data set or --arch"
+                f"({str(exc).splitlines()[0][:120]}): check the data set matches the model"
             ) from None
+        # the same label check as the other entry points, when the model returns logits
+        if isinstance(out, torch.Tensor) and out.ndim == 2:
+            batches.n_classes = int(out.shape[1])
         located = locate_sites(model, layers, sample, unit_dim=unit_dim)
         chunks.update({s: [] for s in located.names})
         bar = make_progress(quiet=None if progress else True, transient=True)
@@ -170,7 +173,7 @@ def record_activation_arrays(
                 except (RuntimeError, ValueError, IndexError) as exc:
                     raise InputError(
                         f"inputs of shape {tuple(x.shape[1:])} do not fit the model "
-                        f"({str(exc).splitlines()[0][:120]}): check the data set or --arch"
+                        f"({str(exc).splitlines()[0][:120]}): check the data set matches the model"
                     ) from exc
                 missing = [s for s in located.names if s not in current]
                 if missing:

@@ -3,8 +3,8 @@
 
 Accepted forms: a tuple ``(x, y)`` of tensors or arrays, an object with ``.x``/``.y`` tensors
 (``LabeledData``) or a ``.loader(batch_size)`` method (``ImageFolderData``), a torch
-``Dataset`` of ``(x, y)`` pairs, or a ``DataLoader`` (its own batching is kept). Empty data
-and a count mismatch between inputs and labels are :class:`~singledir.errors.DataError`;
+``Dataset`` (or a list) of ``(x, y)`` pairs, or a ``DataLoader`` (its own batching is kept).
+Empty data and a count mismatch between inputs and labels are :class:`~singledir.errors.DataError`;
 a form that cannot be read or converted is an :class:`~singledir.errors.InputError`.
 """
 
@@ -73,12 +73,13 @@ def iter_batches(data: Any, batch_size: int) -> Iterator[tuple[torch.Tensor, tor
         loader: Any = data
     elif callable(getattr(data, "loader", None)):
         loader = data.loader(batch_size)
-    elif isinstance(data, Dataset):
-        loader = DataLoader(data, batch_size=batch_size, shuffle=False)
+    elif isinstance(data, Dataset | list | tuple):
+        # a list of (x, y) pairs is a map-style dataset too (len + indexing)
+        loader = DataLoader(data, batch_size=batch_size, shuffle=False)  # type: ignore[arg-type]
     else:
         raise InputError(
             f"cannot read data of type {type(data).__name__}: pass (x, y) tensors, an object "
-            "with .x and .y, a torch Dataset or a DataLoader"
+            "with .x and .y, a torch Dataset (or list) of (x, y) pairs or a DataLoader"
         )
     seen = 0
     for item in loader:
