@@ -370,6 +370,40 @@ def test_cuda_matches_cpu() -> None:
 
 
 # -------------------------------------------------------------------------- bad inputs
+@pytest.mark.parametrize("budget", [float("nan"), float("inf"), -1.0, 0.0, "lots"])
+def test_memory_budget_must_be_positive_and_finite(budget: object) -> None:
+    from singledir import noise_curves, unit_importance
+
+    model = _mlp()
+    x, y = _data((20,))
+    for run in (ablation_curves, unit_importance, noise_curves):
+        with pytest.raises(InputError, match="positive finite number of MB") as refused:
+            run(model, (x, y), memory_budget_mb=budget, progress=False)  # type: ignore[operator]
+        assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1])
+def test_batch_size_zero_is_refused_like_negative(batch_size: int) -> None:
+    from singledir import noise_curves, unit_importance
+
+    model = _mlp()
+    x, y = _data((20,))
+    for run in (ablation_curves, unit_importance, noise_curves):
+        with pytest.raises(InputError, match=f"batch size must be >= 1, got {batch_size}"):
+            run(model, (x, y), batch_size=batch_size, progress=False)  # type: ignore[operator]
+
+
+def test_library_messages_do_not_name_cli_flags() -> None:
+    from singledir import noise_curves
+
+    model = _mlp()
+    x, y = _data((20,))
+    with pytest.raises(InputError, match="^orderings must be >= 1"):
+        ablation_curves(model, (x, y), orderings=0, progress=False)
+    with pytest.raises(InputError, match="^repeats must be >= 1"):
+        noise_curves(model, (x, y), repeats=0, progress=False)
+
+
 def test_bad_inputs() -> None:
     model = _mlp()
     x, y = _data((20,))

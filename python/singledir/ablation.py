@@ -133,7 +133,7 @@ def unit_orderings(
     """
     if order == "random":
         if orderings < 1:
-            raise InputError(f"--orderings must be >= 1, got {orderings}")
+            raise InputError(f"orderings must be >= 1, got {orderings}")
         out = torch.empty(orderings, n_units, dtype=torch.long)
         for o in range(orderings):
             g = torch.Generator().manual_seed(seed_for(seed, o))

@@ -83,7 +83,7 @@ def noise_curves(
     if not sc or any(not math.isfinite(s) or s < 0 for s in sc):
         raise InputError(f"noise scales must be finite and >= 0, got {list(scales)}")
     if repeats < 1:
-        raise InputError(f"--repeats must be >= 1, got {repeats}")
+        raise InputError(f"repeats must be >= 1, got {repeats}")
     dev = resolve_device(device)
     with prepared(model, dev) as dtype, torch.no_grad():
         engine = setup(

@@ -22,6 +22,7 @@ as a :class:`Plan` with a readable ``repr``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -136,9 +137,15 @@ def prepared(model: nn.Module, device: torch.device) -> Iterator[torch.dtype]:
 
 def memory_budget_bytes(memory_budget_mb: float | None, device: torch.device) -> int:
     if memory_budget_mb is not None:
-        if memory_budget_mb <= 0:
-            raise InputError(f"memory budget must be positive, got {memory_budget_mb} MB")
-        return int(memory_budget_mb * 2**20)
+        try:
+            budget_mb = float(memory_budget_mb)
+        except (TypeError, ValueError):
+            budget_mb = math.nan
+        if not math.isfinite(budget_mb) or budget_mb <= 0:
+            raise InputError(
+                f"memory budget must be a positive finite number of MB, got {memory_budget_mb!r}"
+            )
+        return int(budget_mb * 2**20)
     if device.type == "cuda":
         free, _total = torch.cuda.mem_get_info(device)
         return int(free * 0.5)
@@ -184,7 +191,7 @@ def setup(
 ) -> Setup:
     """Read the data, run the model once, locate the sites, set the directions and pick
     the runner."""
-    batches = Batches(data, int(batch_size or DEFAULT_BATCH), device, dtype)
+    batches = Batches(data, DEFAULT_BATCH if batch_size is None else int(batch_size), device, dtype)
     sample = batches.sample_x
     try:
         with torch.no_grad():
