@@ -661,7 +661,8 @@ def markdown(cfg: dict[str, Any], res: dict[str, Any]) -> str:
     naive_share /= cfg["peak"]
     lines.append(
         f"Reading the figures: the naive loop runs its GEMMs at {naive_share:.0%} of the "
-        "matmul throughput, a fair baseline. On the MLP the engine hands the chain "
+        "matmul throughput measured at the run's start and end (both move with the load). "
+        "On the MLP the engine hands the chain "
         "to the Rust walk (`rust/kernels/walk*.rs`): per image and ordering it keeps the "
         "pre-activations, skips every site-1 unit that is already zero "
         f"({res['h0_zero']:.0%} of them on these images), turns each other event into a "
