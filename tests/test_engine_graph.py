@@ -345,6 +345,31 @@ def test_untraceable_model_uses_hooks_with_a_note() -> None:
         ablation_curves(model, (x, x[:, 0].long().clamp(0, 2)), "relu", progress=False)
 
 
+def test_untraceable_model_warns_once_per_call_at_the_callers_line() -> None:
+    import warnings
+
+    from singledir.errors import SlowPathWarning
+
+    torch.manual_seed(1)
+    model = _centered(_Untraceable(), (6,))
+    x, _ = _data((6,), n=30, classes=3)
+    data = (x, x[:, 0].long().clamp(0, 2))
+    for run in (ablation_curves, unit_importance, noise_curves):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run(model, data, "act", progress=False)  # type: ignore[operator]
+            run(model, data, "act", progress=False, method="hooks")  # type: ignore[operator]
+        slow = [w for w in caught if issubclass(w.category, SlowPathWarning)]
+        assert len(slow) == 1, run.__name__
+        assert "torch.fx cannot trace" in str(slow[0].message)
+        assert slow[0].filename == __file__  # stacklevel points at the user's call
+    traceable = _mlp()
+    xt, yt = _data((12,), n=20, classes=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SlowPathWarning)
+        ablation_curves(traceable, (xt, yt), orderings=1, progress=False)
+
+
 # ---------------------------------------------------------------------------- directions
 def _mlp() -> nn.Module:
     return _four_mlps()[2][0]

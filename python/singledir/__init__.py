@@ -20,6 +20,7 @@ from singledir.errors import (
     InputError,
     SingledirError,
     SiteError,
+    SlowPathWarning,
 )
 
 __version__ = "0.1.0"
@@ -87,6 +88,7 @@ __all__ = [
     "ConfigError",
     "SiteError",
     "ExecutorError",
+    "SlowPathWarning",
     "MLP",
     "ConvNet11",
     "resnet",

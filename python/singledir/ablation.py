@@ -38,6 +38,7 @@ from singledir.engine.plan import (
     plan_curves,
     prepared,
     setup,
+    warn_slow_path,
 )
 from singledir.engine.runners import ChainRunner
 from singledir.engine.scoring import score_per_class, seed_for
@@ -270,6 +271,7 @@ def ablation_curves(
             directions=directions,
             seed=seed,
         )
+        warn_slow_path(engine, method)
         level_counts = ablation_levels(levels, engine.n_units)
         pooled = _pooled_scores(scores, engine.specs) if order != "random" else None
         orders = unit_orderings(
@@ -374,6 +376,7 @@ def unit_importance(
             directions=directions,
             seed=seed,
         )
+        warn_slow_path(engine, method)
         budget = memory_budget_bytes(memory_budget_mb, dev)
         base_c, base_l, n_samples, base_pc, class_n = _base_scores(engine)
         base_acc = base_c / n_samples

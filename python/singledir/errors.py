@@ -16,6 +16,7 @@ __all__ = [
     "ConfigError",
     "SiteError",
     "ExecutorError",
+    "SlowPathWarning",
 ]
 
 
@@ -55,3 +56,8 @@ class SiteError(SingledirError, KeyError):
 
 class ExecutorError(SingledirError):
     """A parallel executor (process pool, Ray) that cannot be started or reached."""
+
+
+class SlowPathWarning(UserWarning):
+    """The model runs on the slower path (full forward passes with hooks), e.g. because
+    torch.fx cannot trace it; the numbers are the same. Filter this class to silence it."""

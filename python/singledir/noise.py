@@ -23,7 +23,7 @@ from torch import nn
 from singledir.curves import normalized_area
 from singledir.devices import resolve_device
 from singledir.engine.directions import from_coords
-from singledir.engine.plan import memory_budget_bytes, prepared, setup
+from singledir.engine.plan import memory_budget_bytes, prepared, setup, warn_slow_path
 from singledir.engine.scoring import chunk_count, score, seed_for
 from singledir.engine.stacked import unit_moments
 from singledir.errors import InputError
@@ -98,6 +98,7 @@ def noise_curves(
             directions=directions,
             seed=seed,
         )
+        warn_slow_path(engine, method)
         runner = engine.runner
         sigmas = unit_moments(engine)[1]
         budget = memory_budget_bytes(memory_budget_mb, dev)

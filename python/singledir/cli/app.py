@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import typer
 
@@ -18,7 +19,7 @@ from singledir.cli import (
     train_cmd,
 )
 from singledir.cli.options import fail
-from singledir.errors import SingledirError
+from singledir.errors import SingledirError, SlowPathWarning
 
 app = typer.Typer(
     name="singledir",
@@ -53,6 +54,8 @@ def main() -> None:
     Click runs outside its standalone mode so that errors, Ctrl-C included, reach the handlers
     below and each becomes one line on stderr with a non-zero exit, never a traceback.
     """
+    # commands print their own one-line note of the slower path (ablate: "note: ...")
+    warnings.simplefilter("ignore", SlowPathWarning)
     try:
         result = app(standalone_mode=False)
     except typer.Exit as exc:  # --help and friends

@@ -23,6 +23,7 @@ as a :class:`Plan` with a readable ``repr``.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,10 +38,18 @@ from singledir.engine.batches import Batches
 from singledir.engine.directions import apply_directions
 from singledir.engine.mlp_chain import MlpChain, native_chain
 from singledir.engine.runners import ChainRunner, Runner, make_runner
-from singledir.errors import InputError
+from singledir.errors import InputError, SlowPathWarning
 from singledir.sites import Located, SiteSpec, UnitDim, locate_sites
 
-__all__ = ["Plan", "Setup", "setup", "prepared", "plan_curves", "memory_budget_bytes"]
+__all__ = [
+    "Plan",
+    "Setup",
+    "setup",
+    "prepared",
+    "plan_curves",
+    "memory_budget_bytes",
+    "warn_slow_path",
+]
 
 DEFAULT_BATCH = 1024
 
@@ -133,6 +142,13 @@ def prepared(model: nn.Module, device: torch.device) -> Iterator[torch.dtype]:
     finally:
         model.train(was_training)
         model.to(old_device)
+
+
+def warn_slow_path(engine: Setup, method: str) -> None:
+    """One :class:`SlowPathWarning` at the caller's caller (the user's call of a public
+    function) when the model fell back to hooks without ``method="hooks"`` asked for."""
+    if engine.runner.kind == "hooks" and method != "hooks":
+        warnings.warn(engine.runner_reason, SlowPathWarning, stacklevel=3)
 
 
 def memory_budget_bytes(memory_budget_mb: float | None, device: torch.device) -> int:
