@@ -182,11 +182,14 @@ def test_bad_paths_and_options(monkeypatch, capsys, acts_file, tmp_path):
         ([str(tmp_path), "--out", out], "is a folder"),
         ([str(acts_file), "--out", str(tmp_path / "no" / "units.parquet")], "does not exist"),
         ([str(acts_file), "--out", str(tmp_path / "units.txt")], "must end in .parquet or .csv"),
-        ([str(acts_file), "--out", out, "--bins", "1"], "bins must be"),
+        ([str(acts_file), "--out", out, "--bins", "1"], "give an integer from 2 to"),
         ([str(acts_file), "--out", out, "--binning", "log"], "unknown binning"),
         ([str(acts_file), "--out", out, "--negative", "abs"], "unknown negative policy"),
         ([str(acts_file), "--out", out, "--num-classes", "2"], "out of range for num_classes"),
-        ([str(acts_file), "--out", out, "--shuffles", "-1"], "shuffle_baseline"),
+        ([str(acts_file), "--out", out, "--shuffles", "-1"], "give an integer from 0 to 100000"),
+        ([str(acts_file), "--out", out, "--shuffles", "2000000000"], "from 0 to 100000"),
+        ([str(acts_file), "--out", out, "--bins", "1e23"], "from 2 to 2147483647"),
+        ([str(acts_file), "--out", out, "--num-classes", "0"], "from 1 to 2147483647"),
     ]
     for args, message in cases:
         code, _, err = run_cli(monkeypatch, capsys, *args)

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from singledir.cli.options import any_int, plain, say, seed_int
+from singledir.cli.options import INT_MAX, MAX_REPEATS, bounded_int, plain, say, seed_int
 from singledir.errors import ConfigError
 
 _out = Console()
@@ -25,7 +25,7 @@ def stats(
         Path("units.parquet"), "--out", "-o", help="Output table (.parquet, or .csv)."
     ),
     bins: int = typer.Option(
-        10, "--bins", parser=any_int, help="Bins per unit for mutual information."
+        10, "--bins", parser=bounded_int(2, INT_MAX), help="Bins per unit for mutual information."
     ),
     binning: str = typer.Option(
         "equal-width", "--binning", help="equal-width or equal-frequency (quantile) bins."
@@ -34,7 +34,11 @@ def stats(
         False, "--bias-correction", help="Miller-Madow correction of the MI estimate."
     ),
     shuffles: int = typer.Option(
-        0, "--shuffles", parser=any_int, help="Subtract the mean MI over this many label shuffles."
+        0,
+        "--shuffles",
+        # each shuffle is one more MI pass over the whole table: a bigger count is a typo
+        parser=bounded_int(0, MAX_REPEATS),
+        help=f"Subtract the mean MI over this many label shuffles (0 to {MAX_REPEATS}).",
     ),
     normalize: bool = typer.Option(False, "--normalize", help="Divide MI by H(class)."),
     seed: int = typer.Option(0, "--seed", parser=seed_int, help="Seed of the label shuffles."),
@@ -44,7 +48,7 @@ def stats(
     num_classes: int | None = typer.Option(
         None,
         "--num-classes",
-        parser=any_int,
+        parser=bounded_int(1, INT_MAX),
         help="Number of classes (default: largest label + 1).",
     ),
 ) -> None:
