@@ -42,7 +42,10 @@ def check_importance(
         border = np.array([r[2] for r in rows])
         assert np.all(np.abs(got - want) <= border)
         assert np.mean(border == 0) >= 0.8
-        np.testing.assert_allclose(part["loss"], [r[1] for r in rows], rtol=1e-5, atol=1e-5)
+        # float32 logits of these scaled random nets reach ~1e2 when a unit is ablated, so
+        # the float32 cross-entropy carries absolute errors of ~1e-5 (a float32 hook pass
+        # shows the same): compare relative to the loss
+        np.testing.assert_allclose(part["loss"], [r[1] for r in rows], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(
             part["accuracy_drop"], base - part["accuracy"].to_numpy(), atol=1e-12
         )
@@ -127,4 +130,7 @@ def test_property_random_sequentials_importance(arch, value: str) -> None:
         rows = ref.naive_importance(model, x, y, site, fills=fills)
         got = np.rint(part["accuracy"].to_numpy() * 24).astype(int)
         assert np.all(np.abs(got - [r[0] for r in rows]) <= [r[2] for r in rows])
-        np.testing.assert_allclose(part["loss"], [r[1] for r in rows], rtol=1e-5, atol=1e-5)
+        # float32 logits of these scaled random nets reach ~1e2 when a unit is ablated, so
+        # the float32 cross-entropy carries absolute errors of ~1e-5 (a float32 hook pass
+        # shows the same): compare relative to the loss
+        np.testing.assert_allclose(part["loss"], [r[1] for r in rows], rtol=1e-4, atol=1e-5)
