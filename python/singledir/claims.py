@@ -69,9 +69,9 @@ ALPHA = 0.05
 POWER = 0.8
 NO_POWER = "none at this n"
 NO_INTERVAL_RULE = (
-    f"; with fewer than {MIN_UNITS} units in a group, or a bootstrap whose resamples all give "
-    "one value, there is no interval (the full range or n/a is shown) and the claim is "
-    "inconclusive"
+    f"; with fewer than {MIN_UNITS} units in a group there is no interval (the full range or "
+    "n/a is shown) and the claim is inconclusive; with more, a bootstrap whose resamples all "
+    "give one value has that point as its interval (said in the statistic)"
 )
 
 
