@@ -29,6 +29,8 @@ __all__ = [
     "load_split",
     "check_data_fits",
     "site_units_of",
+    "SiteChoice",
+    "choose_sites",
 ]
 
 
@@ -245,3 +247,30 @@ def site_units_of(
     with torch.inference_mode():
         sites = list(resolve_sites(model, layers, sample_x=sample))
         return SiteUnits(sites, dict(site_units(model, sites, sample, **site_options)))
+
+
+class SiteChoice(NamedTuple):
+    """The sites of a command line (``--layers``, ``--unit-dim``, ``--directions``): sites in
+    forward order, the count of units (or of the given directions) per site, the parsed unit
+    axes and the directions to pass to the engine."""
+
+    sites: list[str]
+    units: dict[str, int]
+    unit_dim: Any
+    directions: str | dict[str, Any]
+
+
+def choose_sites(
+    model: nn.Module, data: Any, layers: str, unit_dim: str | None, directions: str | None
+) -> SiteChoice:
+    """Parse ``--unit-dim`` and ``--directions`` and resolve ``--layers`` on ``model``; with
+    explicit directions a site counts its directions, not its units."""
+    from singledir.engine.directions import load_directions
+    from singledir.sites import parse_unit_dim
+
+    axes = parse_unit_dim(unit_dim)
+    sites, units = site_units_of(model, data, layers, unit_dim=axes)
+    chosen = load_directions(directions, sites)
+    if isinstance(chosen, dict):
+        units = {s: len(chosen[s]) if s in chosen else n for s, n in units.items()}
+    return SiteChoice(sites, units, axes, chosen)

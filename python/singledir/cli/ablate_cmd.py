@@ -105,7 +105,7 @@ def ablate(
     from singledir.cli import render
     from singledir.curves import ablation_auc, summarize_curves
     from singledir.errors import DataError
-    from singledir.evaluation import load_for_evaluation, site_units_of
+    from singledir.evaluation import choose_sites, load_for_evaluation
     from singledir.io import write_table
     from singledir.unit_scores import ordering_scores
 
@@ -126,17 +126,9 @@ def ablate(
         test_size=test_size,
         device=device,
     )
-    from singledir.sites import parse_unit_dim
-
-    unit_axes = parse_unit_dim(unit_dim)
-    sites, units = site_units_of(model, data, layers, unit_dim=unit_axes)
-    from singledir.engine.directions import load_directions
-
-    chosen_directions = load_directions(directions, sites)
-    if isinstance(chosen_directions, dict):  # counts are the directions of those sites
-        units = {
-            s: len(chosen_directions[s]) if s in chosen_directions else n for s, n in units.items()
-        }
+    sites, units, unit_axes, chosen_directions = choose_sites(
+        model, data, layers, unit_dim, directions
+    )
     total = sum(units.values())
     ablation_levels(level_arg, total)  # a bad --levels fails before any scoring work
     if level_arg != "all":

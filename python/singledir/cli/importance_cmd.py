@@ -77,7 +77,7 @@ def importance(
     """
     from singledir.ablation import unit_importance
     from singledir.cli import render
-    from singledir.evaluation import load_for_evaluation, site_units_of
+    from singledir.evaluation import choose_sites, load_for_evaluation
     from singledir.io import write_table
     from singledir.unit_scores import compute_unit_scores, join_unit_scores, scores_frame
 
@@ -93,17 +93,9 @@ def importance(
         test_size=test_size,
         device=device,
     )
-    from singledir.sites import parse_unit_dim
-
-    unit_axes = parse_unit_dim(unit_dim)
-    sites, units = site_units_of(model, data, layers, unit_dim=unit_axes)
-    from singledir.engine.directions import load_directions
-
-    chosen_directions = load_directions(directions, sites)
-    if isinstance(chosen_directions, dict):  # counts are the directions of those sites
-        units = {
-            s: len(chosen_directions[s]) if s in chosen_directions else n for s, n in units.items()
-        }
+    sites, units, unit_axes, chosen_directions = choose_sites(
+        model, data, layers, unit_dim, directions
+    )
     table = unit_importance(
         model,
         data,

@@ -101,7 +101,7 @@ def noise(
     from rich.text import Text
 
     from singledir.cli import render
-    from singledir.evaluation import load_for_evaluation, site_units_of
+    from singledir.evaluation import choose_sites, load_for_evaluation
     from singledir.io import write_table
     from singledir.noise import noise_auc, noise_curves
     from singledir.plots import curve_bands
@@ -121,13 +121,9 @@ def noise(
         test_size=test_size,
         device=device,
     )
-    from singledir.sites import parse_unit_dim
-
-    unit_axes = parse_unit_dim(unit_dim)
-    sites, units = site_units_of(model, data, layers, unit_dim=unit_axes)
-    from singledir.engine.directions import load_directions
-
-    chosen_directions = load_directions(directions, sites)
+    sites, units, unit_axes, chosen_directions = choose_sites(
+        model, data, layers, unit_dim, directions
+    )
     curves = noise_curves(
         model,
         data,
