@@ -54,7 +54,8 @@ def _check_curves(df: pl.DataFrame) -> None:
         raise InputError("curves table is empty: pass the output of ablation_curves")
 
 
-def _need(df: pl.DataFrame, cols: Sequence[str], what: str) -> None:
+def require_columns(df: pl.DataFrame, cols: Sequence[str], what: str) -> None:
+    """One-line InputError naming the columns ``df`` lacks (``what``: the table's name)."""
     missing = [c for c in cols if c not in df.columns]
     if missing:
         raise InputError(
@@ -196,7 +197,7 @@ def summarize_curves(df: pl.DataFrame) -> pl.DataFrame:
 def mean_curve_area(df: pl.DataFrame, x: str, y: str) -> float:
     """Average ``y`` over all rows at each ``x`` (e.g. noise repeats at each scale), then
     :func:`normalized_area` of that mean curve (a single x scores its mean)."""
-    _need(df, [x, y], "curves")
+    require_columns(df, [x, y], "curves")
     if df.height == 0:
         raise InputError(f"the curves table is empty: no {y} against {x} to integrate")
     g = df.group_by(x).agg(pl.col(y).mean()).sort(x)
@@ -210,7 +211,7 @@ def level_bands(
     columns), pooling every row there (orderings, repeats, seeds, nets): columns
     ``by..., x, mean, std, n`` sorted by ``by..., x``."""
     groups = [] if by is None else [by] if isinstance(by, str) else list(by)
-    _need(df, [*groups, x, y], "curves")
+    require_columns(df, [*groups, x, y], "curves")
     return (
         df.group_by([*groups, x])
         .agg(
@@ -235,6 +236,6 @@ def net_bands(
     those per-net curves per ``x`` (and ``by``): columns ``by..., x, mean, std, n`` (n =
     nets)."""
     groups = [] if by is None else [by] if isinstance(by, str) else list(by)
-    _need(df, [*groups, net, x, y], "curves")
+    require_columns(df, [*groups, net, x, y], "curves")
     per_net = df.group_by([*groups, net, x]).agg(pl.col(y).mean())
     return level_bands(per_net, x, y, groups or None)

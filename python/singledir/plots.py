@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import os
 import textwrap
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 
+from singledir.curves import require_columns
 from singledir.errors import InputError
 from singledir.io import atomic_path
 
@@ -44,14 +45,6 @@ def _as_mapping(curves: CurvesArg) -> dict[str, pl.DataFrame]:
         raise InputError("no curves to plot: pass at least one curves table")
     return out
 
-
-def _need(df: pl.DataFrame, cols: Sequence[str], what: str) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise InputError(
-            f"{what} table lacks column(s) {', '.join(missing)} "
-            f"(has {', '.join(df.columns)}): pass the table the command wrote"
-        )
 
 
 def curve_bands(df: pl.DataFrame, x: str, y: str) -> pl.DataFrame:
@@ -129,7 +122,7 @@ def plot_ablation_curves(
     frames = _as_mapping(curves)
     fig, ax = _new_axes()
     for label, df in frames.items():
-        _need(df, [x, metric], "curves")
+        require_columns(df, [x, metric], "curves")
         band = curve_bands(df, x, metric)
         xs = band[x].to_numpy().astype(float)
         mean = band[f"{metric}_mean"].to_numpy().astype(float)
@@ -163,7 +156,7 @@ def plot_noise_curves(
     frames = _as_mapping(curves)
     fig, ax = _new_axes()
     for label, df in frames.items():
-        _need(df, ["scale", metric], "noise curves")
+        require_columns(df, ["scale", metric], "noise curves")
         band = curve_bands(df, "scale", metric)
         xs = band["scale"].to_numpy().astype(float)
         mean = band[f"{metric}_mean"].to_numpy().astype(float)
@@ -196,7 +189,7 @@ def plot_unit_scatter(
 ) -> Path:
     """Scatter of two per-unit columns (one point per unit), coloured by ``color_by``
     (default the layer), with Pearson's r over all finite points in the title."""
-    _need(units, [x, y], "units")
+    require_columns(units, [x, y], "units")
     if units.height == 0:
         raise InputError("the units table is empty: nothing to plot")
     fig, ax = _new_axes()
