@@ -46,7 +46,6 @@ def _as_mapping(curves: CurvesArg) -> dict[str, pl.DataFrame]:
     return out
 
 
-
 def curve_bands(df: pl.DataFrame, x: str, y: str) -> pl.DataFrame:
     """Mean and standard deviation (ddof=0) of ``y`` per value of ``x`` across all rows
     with that ``x`` (orderings or repeats), sorted by ``x``
