@@ -19,10 +19,10 @@ from singledir.experiments.common import (
     analysis_params,
     claim_seed_of,
     load_model,
-    mean_intervals,
     ordering_aucs,
     run_ablation,
     unit_table,
+    with_net_auc_intervals,
 )
 from singledir.experiments.runner import (
     PhaseTimer,
@@ -201,15 +201,7 @@ def summarize(s: Settings, records: list[RunRecord], out_dir: Path, timer: Phase
         tables=[
             (
                 "Per net (AUC interval: 95% bootstrap over the net's orderings)",
-                runs.join(
-                    mean_intervals(
-                        {r: [aucs[r]] for r in runs["run_id"].to_list()},
-                        claim_seed_of(s, NAME, "table"),
-                    )
-                    .rename({"group": "run_id"})
-                    .select("run_id", "auc_ci_low", "auc_ci_high"),
-                    on="run_id",
-                )
+                with_net_auc_intervals(runs, aucs, claim_seed_of(s, NAME, "table"))
                 .sort(["batchnorm", "seed"])
                 .drop("run_id"),
             )

@@ -25,6 +25,7 @@ __all__ = [
     "repeat_areas",
     "claim_seed_of",
     "mean_intervals",
+    "with_net_auc_intervals",
 ]
 
 
@@ -208,3 +209,15 @@ def mean_intervals(
             }
         )
     return pl.DataFrame(rows)
+
+
+def with_net_auc_intervals(
+    runs: pl.DataFrame, aucs: dict[str, np.ndarray], seed: int
+) -> pl.DataFrame:
+    """``runs`` with each net's 95% bootstrap interval of its AUC over its orderings
+    (columns ``auc_ci_low``, ``auc_ci_high``), joined on ``run_id``."""
+    intervals = mean_intervals({r: [aucs[r]] for r in runs["run_id"].to_list()}, seed)
+    return runs.join(
+        intervals.rename({"group": "run_id"}).select("run_id", "auc_ci_low", "auc_ci_high"),
+        on="run_id",
+    )
