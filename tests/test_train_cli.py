@@ -2,25 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import polars as pl
 import pytest
 import torch
+from cli_runner import run_cli
 from singledir.checkpoint import load_checkpoint
-from singledir.cli.app import main
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["singledir", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
 
 BASE = ["train", "--dataset", "digits", "--widths", "16,16", "--threads", "1", "--device", "cpu"]
 

@@ -5,16 +5,15 @@ recomputed from the raw per-run files and the checkpoints."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from cli_runner import run_cli
 from singledir.activations import record_activation_arrays
 from singledir.checkpoint import load_checkpoint
 from singledir.claims import FAILS, HOLDS, INCONCLUSIVE
-from singledir.cli.app import main
 from singledir.data import load_dataset
 from singledir.errors import ConfigError
 from singledir.experiments import (
@@ -84,17 +83,6 @@ def test_earlystop_choices_recomputed(earlystop):
     assert cfg["auc_every"] == 1 and cfg["auc_relative"] is True and cfg["val_fraction"] == 0.1
     assert cfg["auc_samples"] == resolve_settings("earlystop", "tiny").ablation_samples
     assert (d / "figures" / "earlystop_gaps.png").is_file()
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["singledir", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_selectivity_reg_through_the_cli_recomputed(tmp_path: Path, monkeypatch, capsys):

@@ -4,15 +4,14 @@ regularizer: every number against an independent recomputation from the saved sn
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import torch
+from cli_runner import run_cli
 from singledir import ablation_auc, ablation_curves
 from singledir.activations import record_activation_arrays
 from singledir.checkpoint import load_checkpoint
-from singledir.cli.app import main
 from singledir.data import load_dataset
 from singledir.errors import ConfigError
 from singledir.stats import class_selectivity
@@ -40,17 +39,6 @@ def _same(a, b) -> bool:
 
 def _by_hand_subset(n: int, size: int, seed: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:size].sort().values
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["singledir", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_auc_column_equals_ablation_of_each_snapshot(tmp_path):
