@@ -590,7 +590,7 @@ def test_kwalk_on_convnet_last_three_sites(value: str) -> None:
         _, plan = _check_curves(_conv11(), x, "last3", directions="random", orderings=1)
         assert plan.path == "kwalk"
     _, plan = _check_curves(_conv11(), x, "last3", levels=9, orderings=1)
-    assert plan.path == "stacked"  # few levels: one pass per level is less work
+    assert plan.path == "level-walk"  # few levels: walk the levels (test_engine_levelwalk)
 
 
 class _Residual(nn.Module):

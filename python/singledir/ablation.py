@@ -30,6 +30,7 @@ from singledir.curves import ablation_auc, summarize_curves
 from singledir.devices import resolve_device
 from singledir.engine.importance import importance_path, site_importance
 from singledir.engine.kwalk import kwalk_curves
+from singledir.engine.levelwalk import level_walk_curves
 from singledir.engine.mlp_chain import MlpChain, native_chain, native_curves, native_importance
 from singledir.engine.plan import (
     Plan,
@@ -290,6 +291,8 @@ def ablation_curves(
             correct, loss = cumsum_curves(engine, runner, fast.tail, *args)
         elif fast is not None and plan.path == "kwalk":
             correct, loss = kwalk_curves(engine, fast.links, *args)
+        elif fast is not None and plan.path == "level-walk":
+            correct, loss = level_walk_curves(engine, fast.links, *args)
         elif fast is not None and plan.path == "segments":
             assert fast.tail is not None
             correct, loss = segment_curves(engine, fast.tail, *args)

@@ -7,7 +7,8 @@
 - :mod:`~singledir.engine.plan`: the :class:`~singledir.engine.plan.Plan` (which path, why);
 - :mod:`~singledir.engine.stacked`: stacked masks;
 - :mod:`~singledir.engine.walk`: the cumulative sum and the two-site walks;
-- :mod:`~singledir.engine.kwalk`: the K-site walk;
+- :mod:`~singledir.engine.kwalk`: the K-site walk (event by event);
+- :mod:`~singledir.engine.levelwalk`: the level walk (a few levels, kept units only);
 - :mod:`~singledir.engine.segments`: K sites with an affine tail at the last;
 - :mod:`~singledir.engine.mlp_chain`: the MLP-chain description for the native walk
   (:mod:`~singledir.engine.native_walk`, in Rust);

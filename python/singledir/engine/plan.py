@@ -12,6 +12,9 @@
   over 2-D activations, on CPU in float32: the Rust walk (:mod:`singledir.engine.native_walk`);
 - ``kwalk``: three or more sites linked by affine layers (ReLU between): every event a
   rank-1 / per-channel update, recomputing only after the next nonlinearity;
+- ``level-walk``: two or more sites linked by affine layers at a few levels (units only):
+  the first site's ablations as rank-1 updates, each level recomputed over the kept units
+  only (:mod:`singledir.engine.levelwalk`);
 - ``segments``: two or more sites where no walk applies but the last site has an affine
   tail: one stacked pass per earlier-site event, rank-1 logit terms for the last site;
 - ``stacked``: stacked masks through the cached suffix (chain, fx cut or hooks).
@@ -57,8 +60,8 @@ DEFAULT_BATCH = 1024
 @dataclass(frozen=True)
 class Plan:
     """Which path a model takes: ``runner`` (``chain``, ``fx`` or ``hooks``), ``path``
-    (``native-walk``, ``cumsum``, ``walk``, ``walk-linear``, ``kwalk``, ``segments``,
-    ``stacked``),
+    (``native-walk``, ``cumsum``, ``walk``, ``walk-linear``, ``kwalk``, ``level-walk``,
+    ``segments``, ``stacked``),
     the sites with their unit axes and unit counts, and the reasons for both choices."""
 
     runner: str
@@ -316,9 +319,11 @@ def stacked_cost(engine: Setup, chain1: Chain) -> float:
 
 
 def _kwalk_or(engine: Setup, n_levels: int | None, why_not_walk: str) -> FastPath | str:
-    """The K-site walk when it applies and its work estimate beats one pass per level and
-    one pass per segment."""
+    """The K-site walk (event by event, three or more sites) or the level walk (two or more
+    sites, units only), whichever the work estimate favours, when it beats one pass per
+    level and one pass per segment."""
     from singledir.engine.kwalk import kwalk_chains, kwalk_cost
+    from singledir.engine.levelwalk import level_walk_cost, level_walk_links
     from singledir.engine.segments import segment_count
 
     links = kwalk_chains(engine)
@@ -326,9 +331,33 @@ def _kwalk_or(engine: Setup, n_levels: int | None, why_not_walk: str) -> FastPat
         return f"{why_not_walk}; K-site walk: {links}"
     walk, per_pass = kwalk_cost(engine, links)
     passes = min(n_levels or engine.n_units + 1, segment_count(engine))
-    if walk > passes * per_pass:
-        return f"{why_not_walk}; K-site walk: more work than stacked passes"
+    level_links = level_walk_links(engine)
+    level = (
+        level_walk_cost(engine, level_links, n_levels or engine.n_units + 1)
+        if not isinstance(level_links, str)
+        else math.inf
+    )
+    if len(engine.specs) < 3:
+        walk = math.inf  # two sites: the two-site walk was considered before
+    best = min(walk, level, passes * per_pass)
+    if best == passes * per_pass:
+        return f"{why_not_walk}; K-site and level walks: more work than stacked passes"
+    if best == level:
+        return FastPath("level-walk", None, links.tail, links=level_links)
     return FastPath("kwalk", None, links.tail, links=links)
+
+
+def _level_walk_over_walk(engine: Setup, n_levels: int | None, walk: FastPath) -> FastPath:
+    """Two sites: the level walk where its work estimate is below the two-site walk's."""
+    from singledir.engine.levelwalk import level_walk_cost, level_walk_links
+
+    links = level_walk_links(engine)
+    if isinstance(links, str) or walk.chain1 is None:
+        return walk
+    level = level_walk_cost(engine, links, n_levels or engine.n_units + 1)
+    if level < walk_cost(engine, walk.chain1):
+        return FastPath("level-walk", None, walk.tail, links=links)
+    return walk
 
 
 def _segments_or(engine: Setup, n_levels: int | None, why_not_walk: str) -> FastPath | str:
@@ -352,7 +381,9 @@ def plan_curves(engine: Setup, n_levels: int | None, method: str) -> tuple[Plan,
         found = FastPath("native-walk", None, None, native)
     else:
         found = fast_path(engine, n_levels)
-        if isinstance(found, str) and len(engine.specs) >= 3:
+        if isinstance(found, FastPath) and found.name.startswith("walk"):
+            found = _level_walk_over_walk(engine, n_levels, found)
+        if isinstance(found, str) and len(engine.specs) >= 2:
             found = _kwalk_or(engine, n_levels, found)
         if isinstance(found, str):
             found = _segments_or(engine, n_levels, found)
@@ -365,6 +396,8 @@ def plan_curves(engine: Setup, n_levels: int | None, method: str) -> tuple[Plan,
             "native-walk": "an MLP chain of 2-D activations on CPU: the Rust walk",
             "kwalk": "sites linked by affine layers: K-site walk (rank-1 updates, recompute "
             "after the next nonlinearity)",
+            "level-walk": "sites linked by affine layers, few levels: walk the levels, "
+            "recomputing only the kept units after the first site",
             "segments": "the last site has an affine tail: one pass per earlier-site event, "
             "rank-1 logit terms for the last site",
         }[path]

@@ -1,0 +1,234 @@
+"""The level walk: cumulative ablation curves at a few levels over two or more sites linked
+by affine layers (site 1 -> Linear/conv [BN] -> ReLU/pass -> site 2 -> ... -> affine tail
+-> logits), doing only the work the levels need.
+
+The event-by-event K-site walk (:mod:`singledir.engine.kwalk`) recomputes everything after
+the next nonlinearity at every event; with a few dozen levels that is far more work than
+one pass per level. This path walks the levels instead:
+
+- the first site's ablations are per-channel (rank-1) updates of the second site's
+  pre-activation, kept for the whole ordering (one full layer of work per ordering);
+- at each level, every later site is recomputed from that pre-activation, but only over
+  the units still kept: an ablated unit's value is its fill whatever its input, so the
+  affine layer into a site computes only the kept output channels, and reads only the kept
+  input channels (the ablated ones add the fill's constant contribution). At a level where
+  a fraction ``f`` of units is kept the layer costs about ``f**2`` of a full one;
+- the last site reaches the logits through an affine tail, applied in float64 to the kept
+  units' (spatially averaged) activity plus the fills' constant term.
+
+Units only (no direction bases): a direction's value is not one channel of the next
+layer's input. The logits are exact up to float32 summation order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from singledir.engine.affine import Chain
+from singledir.engine.plan import Setup
+from singledir.engine.runners import ChainOp, ChainRunner
+from singledir.engine.scoring import score
+from singledir.engine.walk import run_chunks, tail_affine
+
+__all__ = ["level_walk_links", "level_walk_cost", "level_walk_curves"]
+
+
+@dataclasses.dataclass
+class _Layer:
+    """The affine map of one chain, split into what the level walk needs: the linear part
+    restricted to (input units, output units) and the constant output (bias, BN shift)."""
+
+    chain: Chain
+    constant: torch.Tensor  # (1, *out): the chain run on zeros
+
+    def linear(self, h: torch.Tensor, inp: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The chain's linear part from input units ``inp`` (``h`` holds them on dim 1) to
+        output units ``out``: ``(B, len(out), *out_positions)``."""
+        chain = self.chain
+        layer = chain.layer
+        weight = layer.weight
+        assert isinstance(weight, torch.Tensor)
+        if inp.numel() == 0 or out.numel() == 0:
+            shape = (h.shape[0], out.numel(), *self.constant.shape[2:])
+            return torch.zeros(shape, dtype=h.dtype, device=h.device)
+        if chain.is_linear:
+            r = h.mean(dim=tuple(range(2, h.ndim))) if h.ndim > 2 else h
+            y = r @ weight.t().index_select(0, inp).index_select(1, out)
+        else:
+            assert isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d)
+            w = weight.index_select(0, out).index_select(1, inp)
+            conv_fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[w.ndim - 2]
+            y = conv_fn(h, w, None, layer.stride, layer.padding, layer.dilation)  # type: ignore[arg-type]
+        if chain.scale is not None:
+            y = y * chain.scale[out].view(1, -1, *([1] * (y.ndim - 2)))
+        return y
+
+    def fill_term(
+        self,
+        fill: torch.Tensor | None,
+        site_shape: tuple[int, ...],
+        ablated: torch.Tensor,
+        out: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """The ablated input units' contribution at their fills (None when they are 0)."""
+        if fill is None or ablated.numel() == 0:
+            return None
+        positions = site_shape[1:]
+        h = fill[ablated].view(1, -1, *([1] * len(positions))).expand(1, -1, *positions)
+        return self.linear(h.contiguous(), ablated, out)
+
+
+@dataclasses.dataclass
+class _Links:
+    layers: list[_Layer]  # site k -> pre-activation of site k + 1
+    mids: list[list[ChainOp]]  # the ops from that pre-activation to site k + 1 (inclusive)
+    tail: Chain
+
+
+def level_walk_links(engine: Setup) -> _Links | str:
+    """The links of a level walk, or why there are none."""
+    from singledir.engine.kwalk import kwalk_chains
+
+    if len(engine.specs) < 2:
+        return "one site"
+    if any(s.basis is not None for s in engine.specs):
+        return "directions other than units"
+    found = kwalk_chains(engine)
+    if isinstance(found, str):
+        return found
+    runner = engine.runner
+    assert isinstance(runner, ChainRunner)
+    if not found.tail.is_linear:
+        return "the tail to the logits is not a Linear layer"
+    chains = [*found.chains, found.tail]
+    if any(op.kind == "add_const" for c in chains for op in runner.ops[c.start : c.end]):
+        return "an affine layer adds a value from elsewhere in the graph"
+    layers = []
+    with torch.no_grad():
+        for k, chain in enumerate(found.chains):
+            zero = torch.zeros(1, *engine.specs[k].shape, device=engine.device, dtype=engine.dtype)
+            layers.append(_Layer(chain, chain.run(runner.ops, zero)))
+    return _Links(layers, found.mids, found.tail)
+
+
+def _macs(chain: Chain, out_numel: int) -> float:
+    weight = chain.layer.weight
+    assert isinstance(weight, torch.Tensor)
+    return float(out_numel * (weight.numel() // weight.shape[0]))
+
+
+def level_walk_cost(engine: Setup, links: _Links, n_levels: int) -> float:
+    """Rough per-sample, per-ordering work (multiply-adds) of the level walk at
+    ``n_levels`` evenly spaced levels, in the units of :func:`kwalk_cost`."""
+    specs = engine.specs
+    numel = [int(np.prod(s.shape)) for s in specs]
+    dense = [_macs(layer.chain, numel[k + 1]) for k, layer in enumerate(links.layers)]
+    kept = 1.0 - np.linspace(0.0, 1.0, max(2, n_levels))
+    per_level = sum(dense[1:]) * float((kept**2).sum())
+    # gathers, mids, the mean and the float64 tail per kept value (measured: about 12
+    # element operations each, which is where the two-site walk wins at every level)
+    pointwise = n_levels * 12.0 * sum(numel[1:]) * float(kept.mean())
+    tail = n_levels * 2.0 * specs[-1].n_units * engine.n_classes * float(kept.mean())
+    return dense[0] + per_level + pointwise + tail
+
+
+def level_walk_curves(
+    engine: Setup,
+    links: _Links,
+    orders: torch.Tensor,
+    levels: np.ndarray,
+    fills: list[torch.Tensor | None],
+    budget: int,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Correct counts and loss sums ``(O, L)``."""
+    runner = engine.runner
+    assert isinstance(runner, ChainRunner)
+    specs = engine.specs
+    n_sites = len(specs)
+    n_ord, n = orders.shape
+    dev = engine.device
+    site_of = torch.empty(n, dtype=torch.long)
+    unit_of = torch.empty(n, dtype=torch.long)
+    for k, s in enumerate(specs):
+        site_of[s.offset : s.offset + s.n_units] = k
+        unit_of[s.offset : s.offset + s.n_units] = torch.arange(s.n_units)
+    wt, tail_bias, tail_fill = tail_affine(runner.ops, links.tail, specs[-1], fills[-1])
+    wt, tail_bias, tail_fill = wt.double(), tail_bias.double(), tail_fill.double()
+    # per ordering and level: the first site's newly ablated units; for the later sites,
+    # the units ablated so far and those still kept
+    new_first: list[list[torch.Tensor]] = []
+    ablated: list[list[list[torch.Tensor]]] = []
+    kept: list[list[list[torch.Tensor]]] = []
+    for o in range(n_ord):
+        new_first.append([])
+        ablated.append([])
+        kept.append([])
+        masks = [torch.zeros(s.n_units, dtype=torch.bool) for s in specs]
+        start = 0
+        for count in levels:
+            step = orders[o, start : int(count)]
+            start = int(count)
+            sites = site_of[step]
+            new_first[o].append(unit_of[step[sites == 0]].to(dev))
+            for k in range(1, n_sites):
+                masks[k][unit_of[step[sites == k]]] = True
+            ablated[o].append([torch.nonzero(m).flatten().to(dev) for m in masks])
+            kept[o].append([torch.nonzero(~m).flatten().to(dev) for m in masks])
+
+    def at_level(o: int, li: int, pre1: torch.Tensor) -> torch.Tensor:
+        """Logits (float64) at level ``li`` of ordering ``o`` from site 2's pre-activation."""
+        gone, left = ablated[o][li], kept[o][li]
+        h = pre1.index_select(1, left[1])
+        for op in links.mids[0]:
+            h = op(h)
+        for k in range(1, n_sites - 1):
+            layer = links.layers[k]
+            out = left[k + 1]
+            pre = layer.linear(h, left[k], out) + layer.constant.index_select(1, out)
+            extra = layer.fill_term(fills[k], specs[k].shape, gone[k], out)
+            if extra is not None:
+                pre = pre + extra
+            h = pre
+            for op in links.mids[k]:
+                h = op(h)
+        r = h.double()
+        r = r.mean(dim=tuple(range(2, r.ndim))) if r.ndim > 2 else r
+        logits = tail_bias + r @ wt[left[-1]]
+        if fills[-1] is not None and gone[-1].numel():
+            logits = logits + tail_fill[gone[-1]] @ wt[gone[-1]]
+        return logits
+
+    first = links.layers[0]
+    fill0 = fills[0]
+
+    def work(h0: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        correct = torch.zeros(n_ord, len(levels), dtype=torch.long)
+        loss = torch.zeros(n_ord, len(levels), dtype=torch.float64)
+        every = torch.arange(specs[1].n_units, device=dev)
+        full = first.chain.run(runner.ops, h0)
+        for o in range(n_ord):
+            pre1 = full.clone()
+            all_logits = torch.empty(
+                len(levels), h0.shape[0], wt.shape[1], dtype=torch.float64, device=dev
+            )
+            for li in range(len(levels)):
+                new = new_first[o][li]
+                if new.numel():
+                    d = h0.index_select(1, new)
+                    d = -d if fill0 is None else fill0[new].view(1, -1, *([1] * (d.ndim - 2))) - d
+                    pre1 += first.linear(d, new, every)
+                all_logits[li] = at_level(o, li, pre1)
+            c, s = score(all_logits, yb)
+            correct[o] += c
+            loss[o] += s
+        return correct, loss
+
+    per_sample = 4 * 3 * sum(int(np.prod(s.shape)) for s in specs) + 8 * len(levels) * wt.shape[1]
+    b_chunk = max(1, min(4096, budget // max(1, per_sample)))
+    return run_chunks(engine, runner, work, b_chunk, n_ord, len(levels), progress, balance=True)
