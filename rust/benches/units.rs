@@ -4,6 +4,8 @@
 
 use std::time::{Duration, Instant};
 
+use rayon::prelude::*;
+
 use _core::kernels::mutual_info::{Binning, MiOptions};
 use _core::kernels::units::{
     summarize_dense, summarize_long, NegativePolicy, RecordStats, SummaryOptions,
@@ -54,7 +56,9 @@ fn best_of(repeats: usize, mut f: impl FnMut()) -> (Duration, f64) {
 }
 
 fn main() {
-    let (n, u, k) = (10_000usize, 1000usize, 10usize);
+    // `SAMPLES=<n>` changes the number of rows (a small array stays in cache).
+    let n: usize = std::env::var("SAMPLES").map_or(10_000, |s| s.parse().unwrap());
+    let (u, k) = (1000usize, 10usize);
     let mut state = 1u64;
     let acts: Vec<f32> = (0..n * u)
         .map(|_| {
@@ -74,6 +78,7 @@ fn main() {
     };
     let phases = [
         ("scan", None),
+        ("scan, all threads", None),
         (
             "selectivity",
             Some(SummaryOptions {
@@ -126,14 +131,21 @@ fn main() {
         if only.as_deref().is_some_and(|p| p != name) {
             continue;
         }
+        // A plain read of values: 16 independent lanes, so the sum vectorizes.
+        let scan = |part: &[f32]| {
+            part.chunks_exact(16).fold([0f32; 16], |mut acc, c| {
+                acc.iter_mut().zip(c).for_each(|(a, x)| *a += x);
+                acc
+            })
+        };
         let t = match opts {
-            // A plain read of the array: 16 independent lanes, so the sum vectorizes.
+            None if name == "scan" => best_of(10, || {
+                std::hint::black_box(scan(&acts));
+            }),
+            // The same read split over the rayon threads (the memory bandwidth of the machine).
             None => best_of(10, || {
-                let lanes = acts.chunks_exact(16).fold([0f32; 16], |mut acc, c| {
-                    acc.iter_mut().zip(c).for_each(|(a, x)| *a += x);
-                    acc
-                });
-                std::hint::black_box(lanes);
+                let parts: Vec<[f32; 16]> = acts.par_chunks(1 << 18).map(scan).collect();
+                std::hint::black_box(parts);
             }),
             Some(o) => best_of(10, || {
                 std::hint::black_box(summarize_dense(&acts, n, u, &labels, &o).unwrap());

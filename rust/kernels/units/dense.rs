@@ -1,8 +1,11 @@
 //! Dense `(n_samples, n_units)` arrays: one pass over the rows for counts, class sums,
-//! moments, min and max (each row shares one label, so class updates are vector updates into
-//! that class's accumulator row); rayon over fixed chunks of [`SUM_RUN`] rows, whose sums are
-//! merged in chunk order. MI with equal-width bins then bins the rows in a second pass
-//! (integer tables, merged exactly); other MI options use per-unit columns.
+//! moments, min and max; rayon over fixed chunks of [`SUM_RUN`] rows, whose sums are merged
+//! in chunk order. Within a chunk, without moments, the rows go class by class in tiles of
+//! rows of one class whose accumulators stay in registers across the tile (one load and store
+//! per tile, not per row); with moments (sums over all rows in order) row by row, each row's
+//! class update a vector update into that class's accumulator row. MI with equal-width bins
+//! then bins the rows in a second pass (integer tables, merged exactly); other MI options use
+//! per-unit columns.
 
 use std::ops::Range;
 
@@ -67,6 +70,25 @@ fn chunk_sums(
     opts: &SummaryOptions,
 ) -> ChunkSums {
     #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        #[target_feature(enable = "avx512f")]
+        #[allow(clippy::too_many_arguments)]
+        fn chunk_sums_avx512(
+            acts: &[f32],
+            n_units: usize,
+            u0: usize,
+            w: usize,
+            rows: Range<usize>,
+            labels: &[u32],
+            x0: &[f64],
+            opts: &SummaryOptions,
+        ) -> ChunkSums {
+            chunk_sums_portable(acts, n_units, u0, w, rows, labels, x0, opts)
+        }
+        // SAFETY: the CPU supports AVX-512F (checked just above).
+        return unsafe { chunk_sums_avx512(acts, n_units, u0, w, rows, labels, x0, opts) };
+    }
+    #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") {
         #[target_feature(enable = "avx2")]
         #[allow(clippy::too_many_arguments)]
@@ -102,7 +124,6 @@ fn chunk_sums_portable(
 ) -> ChunkSums {
     let k = opts.n_classes;
     let (sums_on, pos_on, moments_on) = (opts.class_sums(), opts.clipped_sums(), opts.moments);
-    let max_on = opts.reports_max();
     let cells = |on: bool| if on { k * w } else { 0 };
     let units = |on: bool| if on { w } else { 0 };
     let mut p = ChunkSums {
@@ -116,16 +137,18 @@ fn chunk_sums_portable(
         active: vec![0; units(moments_on)],
         check: vec![0.0; units(!sums_on)],
     };
-    // Without moments (whose sums run over all rows in order) the rows go class by class,
-    // in row order within a class: each class cell still adds its rows in row order (the
-    // same bits), and the class's accumulator row stays in L1 across its rows.
-    let mut order: Vec<usize> = rows.collect();
     if !moments_on {
-        order.sort_by_key(|&r| labels[r]);
+        // Without moments (whose sums run over all rows in order) the rows go class by class,
+        // in row order within a class: each class cell still adds its rows in row order (the
+        // same bits), and tiles of rows of one class share one load and store of the
+        // accumulators.
+        by_class_tiles(acts, n_units, u0, w, rows, labels, opts, &mut p);
+        return p;
     }
-    for (i, &r) in order.iter().enumerate() {
-        if let Some(&ahead) = order.get(i + PREFETCH_ROWS) {
-            prefetch(acts, ahead * n_units + u0, w);
+    // With moments (class sums and the maximum too), in row order.
+    for r in rows.clone() {
+        if rows.contains(&(r + PREFETCH_ROWS)) {
+            prefetch(acts, (r + PREFETCH_ROWS) * n_units + u0, w);
         }
         let row = &acts[r * n_units + u0..r * n_units + u0 + w];
         let c = labels[r] as usize;
@@ -133,48 +156,206 @@ fn chunk_sums_portable(
         // One loop per accumulator: each streams one array and vectorizes (zipped slices of
         // one length, so no bounds checks).
         // `min`/`max`, not a select, which would compile to slow masked stores (NaN never
-        // reaches a result: it makes the sums or `check` non-finite and is refused). The
-        // extremes are fused with the class sums: one read of the row for both.
+        // reaches a result: it makes the sums non-finite and is refused). The extremes are
+        // fused with the class sums: one read of the row for both.
         let (lo, hi) = (&mut p.lo[..w], &mut p.hi[..w]);
-        if sums_on && !max_on {
-            // Selectivity alone: the minimum (for negative activity) but not the maximum.
-            let sums = &mut p.sums[c * w..(c + 1) * w];
-            for ((lo, s), &x) in lo.iter_mut().zip(sums).zip(row) {
-                *lo = lo.min(x);
-                *s += x as f64;
-            }
-        } else if sums_on {
-            let sums = &mut p.sums[c * w..(c + 1) * w];
-            for (((lo, hi), s), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(sums).zip(row) {
-                *lo = lo.min(x);
-                *hi = hi.max(x);
-                *s += x as f64;
-            }
-        } else {
-            let check = &mut p.check[..w];
-            for (((lo, hi), check), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(check).zip(row) {
-                *lo = lo.min(x);
-                *hi = hi.max(x);
-                *check += x * 0.0;
-            }
+        let sums = &mut p.sums[c * w..(c + 1) * w];
+        for (((lo, hi), s), &x) in lo.iter_mut().zip(hi.iter_mut()).zip(sums).zip(row) {
+            *lo = lo.min(x);
+            *hi = hi.max(x);
+            *s += x as f64;
         }
         if pos_on {
             for (s, &x) in p.pos[c * w..(c + 1) * w].iter_mut().zip(row) {
                 *s += (x as f64).max(0.0);
             }
         }
-        if moments_on {
-            for (((s1, s2), x0), &x) in p.s1.iter_mut().zip(p.s2.iter_mut()).zip(x0).zip(row) {
-                let d = x as f64 - x0;
-                *s1 += d;
-                *s2 += d * d;
-            }
-            for (active, &x) in p.active.iter_mut().zip(row) {
-                *active += (x > 0.0) as u64;
-            }
+        for (((s1, s2), x0), &x) in p.s1.iter_mut().zip(p.s2.iter_mut()).zip(x0).zip(row) {
+            let d = x as f64 - x0;
+            *s1 += d;
+            *s2 += d * d;
+        }
+        for (active, &x) in p.active.iter_mut().zip(row) {
+            *active += (x > 0.0) as u64;
         }
     }
     p
+}
+
+/// Rows of one class added together by [`add_tile`]: their accumulators are loaded and stored
+/// once per tile (in registers between), and the tile's rows are read as parallel streams.
+const TILE_ROWS: usize = 8;
+
+/// One class's accumulators over the units of a chunk (empty slices where not computed).
+struct ClassCells<'a> {
+    sums: &'a mut [f64],
+    pos: &'a mut [f64],
+    lo: &'a mut [f32],
+    hi: &'a mut [f32],
+    check: &'a mut [f32],
+}
+
+/// Adds rows of one class in row order (the summation rule's order for every cell).
+/// `SUMS`: class sums (else `check`), `POS`: sums of `max(x, 0)`, `MAX`: the maximum.
+#[inline(always)]
+fn add_tile<const G: usize, const SUMS: bool, const POS: bool, const MAX: bool>(
+    rows: [&[f32]; G],
+    cells: &mut ClassCells<'_>,
+) {
+    let w = cells.lo.len();
+    // Slices of one known length: no bounds checks in the loop, which vectorizes over units.
+    let rows = rows.map(|r| &r[..w]);
+    let lo = &mut cells.lo[..w];
+    let hi = &mut cells.hi[..if MAX { w } else { 0 }];
+    let sums = &mut cells.sums[..if SUMS { w } else { 0 }];
+    let pos = &mut cells.pos[..if POS { w } else { 0 }];
+    let check = &mut cells.check[..if SUMS { 0 } else { w }];
+    for u in 0..w {
+        let mut l = lo[u];
+        let mut h = if MAX { hi[u] } else { 0.0 };
+        let mut s = if SUMS { sums[u] } else { 0.0 };
+        let mut q = if POS { pos[u] } else { 0.0 };
+        let mut z = if SUMS { 0.0 } else { check[u] };
+        for row in &rows {
+            let x = row[u];
+            // Selects, which compile to one `minps`/`maxps` (`f32::min` adds a NaN fix-up;
+            // NaN never reaches a result: it makes the sums or `check` non-finite and is
+            // refused).
+            l = if x < l { x } else { l };
+            if MAX {
+                h = if x > h { x } else { h };
+            }
+            if SUMS {
+                s += x as f64;
+            } else {
+                z += x * 0.0;
+            }
+            if POS {
+                q += (x as f64).max(0.0);
+            }
+        }
+        lo[u] = l;
+        if MAX {
+            hi[u] = h;
+        }
+        if SUMS {
+            sums[u] = s;
+        } else {
+            check[u] = z;
+        }
+        if POS {
+            pos[u] = q;
+        }
+    }
+}
+
+/// Adds the rows `class_rows` (of one class, in row order) in tiles of [`TILE_ROWS`].
+#[inline(always)]
+fn add_class_rows<const SUMS: bool, const POS: bool, const MAX: bool>(
+    acts: &[f32],
+    n_units: usize,
+    u0: usize,
+    class_rows: &[usize],
+    cells: &mut ClassCells<'_>,
+) {
+    let w = cells.lo.len();
+    let row = |r: usize| &acts[r * n_units + u0..r * n_units + u0 + w];
+    let mut rest = class_rows;
+    while rest.len() >= TILE_ROWS {
+        for &r in rest[TILE_ROWS..].iter().take(TILE_ROWS) {
+            prefetch(acts, r * n_units + u0, w);
+        }
+        let tile: [&[f32]; TILE_ROWS] = std::array::from_fn(|i| row(rest[i]));
+        add_tile::<TILE_ROWS, SUMS, POS, MAX>(tile, cells);
+        rest = &rest[TILE_ROWS..];
+    }
+    if rest.len() >= 4 {
+        add_tile::<4, SUMS, POS, MAX>(std::array::from_fn(|i| row(rest[i])), cells);
+        rest = &rest[4..];
+    }
+    if rest.len() >= 2 {
+        add_tile::<2, SUMS, POS, MAX>(std::array::from_fn(|i| row(rest[i])), cells);
+        rest = &rest[2..];
+    }
+    if let Some(&r) = rest.first() {
+        add_tile::<1, SUMS, POS, MAX>([row(r)], cells);
+    }
+}
+
+/// The chunk's sums without moments: rows ordered by class (a stable counting sort, so row
+/// order within a class), each class added in tiles into its accumulator row; without
+/// class sums (MI alone) all rows form one group.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn by_class_tiles(
+    acts: &[f32],
+    n_units: usize,
+    u0: usize,
+    w: usize,
+    rows: Range<usize>,
+    labels: &[u32],
+    opts: &SummaryOptions,
+    p: &mut ChunkSums,
+) {
+    let (sums_on, pos_on, max_on) = (opts.class_sums(), opts.clipped_sums(), opts.reports_max());
+    let labels = &labels[rows.clone()];
+    for &c in labels {
+        p.counts[c as usize] += 1;
+    }
+    let groups = if sums_on { opts.n_classes } else { 1 };
+    let group_of = |c: u32| if sums_on { c as usize } else { 0 };
+    let mut next = vec![0usize; groups];
+    let mut start = 0;
+    for (g, n) in next.iter_mut().enumerate() {
+        *n = start;
+        start += if sums_on {
+            p.counts[g] as usize
+        } else {
+            labels.len()
+        };
+    }
+    let starts = next.clone();
+    let mut order = vec![0usize; labels.len()];
+    for (r, &c) in rows.zip(labels) {
+        let g = group_of(c);
+        order[next[g]] = r;
+        next[g] += 1;
+    }
+    for g in 0..groups {
+        let class_rows = &order[starts[g]..next[g]];
+        let cells_of = |v: &Vec<f64>| {
+            if v.is_empty() {
+                0..0
+            } else {
+                g * w..(g + 1) * w
+            }
+        };
+        let (sums_cells, pos_cells) = (cells_of(&p.sums), cells_of(&p.pos));
+        let mut cells = ClassCells {
+            sums: &mut p.sums[sums_cells],
+            pos: &mut p.pos[pos_cells],
+            lo: &mut p.lo,
+            hi: &mut p.hi,
+            check: &mut p.check,
+        };
+        match (sums_on, pos_on, max_on) {
+            (false, _, _) => {
+                add_class_rows::<false, false, true>(acts, n_units, u0, class_rows, &mut cells)
+            }
+            (true, false, false) => {
+                add_class_rows::<true, false, false>(acts, n_units, u0, class_rows, &mut cells)
+            }
+            (true, false, true) => {
+                add_class_rows::<true, false, true>(acts, n_units, u0, class_rows, &mut cells)
+            }
+            (true, true, false) => {
+                add_class_rows::<true, true, false>(acts, n_units, u0, class_rows, &mut cells)
+            }
+            (true, true, true) => {
+                add_class_rows::<true, true, true>(acts, n_units, u0, class_rows, &mut cells)
+            }
+        }
+    }
 }
 
 /// Adds one chunk's sums to the totals of units `u0..u0 + w` (in chunk order).

@@ -186,9 +186,11 @@ impl Totals {
         opts: &SummaryOptions,
         label: &dyn Fn(usize) -> String,
     ) -> KernelResult<Vec<UnitRow>> {
-        (0..self.n_units())
-            .map(|u| self.row(u, opts, label))
-            .collect()
+        let mut rows = Vec::with_capacity(self.n_units());
+        for u in 0..self.n_units() {
+            rows.push(self.row(u, opts, label)?);
+        }
+        Ok(rows)
     }
 
     fn row(
@@ -206,13 +208,22 @@ impl Totals {
         let counts = &self.counts[cells.clone()];
         let nf = n as f64;
         let (lo, hi) = (self.lo[u], self.hi[u]);
-        let mut row = UnitRow::empty(k);
-        (row.n, row.counts, row.min) = (n, counts.to_vec(), lo as f64);
-        if opts.reports_max() {
-            row.max = hi as f64;
-        }
+        // Built field by field: this runs once per unit, so it allocates only the two
+        // per-class vectors and formats the unit's name only for an error.
+        let mut row = UnitRow {
+            n,
+            counts: counts.to_vec(),
+            means: Vec::new(),
+            min: lo as f64,
+            max: if opts.reports_max() {
+                hi as f64
+            } else {
+                f64::NAN
+            },
+            ..UnitRow::empty(0)
+        };
         if opts.class_sums() {
-            let means: Vec<f64> = self.sums[cells.clone()]
+            row.means = self.sums[cells.clone()]
                 .iter()
                 .zip(counts)
                 .map(|(&s, &c)| if c > 0 { s / c as f64 } else { f64::NAN })
@@ -227,15 +238,12 @@ impl Totals {
                         k - 1
                     ));
                 }
-                let pos_means: Vec<f64> = self.pos[cells]
-                    .iter()
-                    .zip(counts)
-                    .map(|(&s, &c)| s / c as f64)
-                    .collect();
+                let pos = &self.pos[cells];
                 (row.si, row.preferred) =
-                    selectivity_of(&label(u), &means, &pos_means, lo, policy)?;
+                    selectivity_of(&|| label(u), &row.means, pos, counts, lo, policy)?;
             }
-            row.means = means;
+        } else {
+            row.means = vec![f64::NAN; k];
         }
         if opts.moments {
             let (s1, s2) = (self.s1[u], self.s2[u]);
@@ -285,50 +293,45 @@ impl UnitRow {
     }
 }
 
-/// SI and preferred class from class means (see the module docs). `pos_means` are the means
-/// of `max(x, 0)`, used by [`NegativePolicy::Clip`].
+/// SI and preferred class from class means (see the module docs). `pos_sums` are the sums
+/// of `max(x, 0)` per class (over `counts`), used by [`NegativePolicy::Clip`]; `unit` names
+/// the unit in an error.
 fn selectivity_of(
-    unit: &str,
+    unit: &dyn Fn() -> String,
     means: &[f64],
-    pos_means: &[f64],
+    pos_sums: &[f64],
+    counts: &[u64],
     min: f32,
     policy: NegativePolicy,
 ) -> KernelResult<(f64, i64)> {
     let min = min as f64;
-    let shifted: Vec<f64>;
-    let mu: &[f64] = if min >= 0.0 {
-        means
-    } else {
-        match policy {
-            NegativePolicy::Error => {
-                return Err(fail!(
-                    Value,
-                    "{unit} has negative activity (min {min:.4}): class selectivity needs \
-                     non-negative activity (e.g. after a ReLU); choose the negative policy \
-                     'shift' or 'clip'"
-                ))
-            }
-            NegativePolicy::Shift => {
-                shifted = means.iter().map(|m| m - min).collect();
-                &shifted
-            }
-            NegativePolicy::Clip => pos_means,
+    let k = means.len();
+    // The class means the index uses; no allocation for non-negative activity.
+    let mu = |c: usize| -> f64 {
+        if min >= 0.0 {
+            means[c]
+        } else if policy == NegativePolicy::Shift {
+            means[c] - min
+        } else {
+            pos_sums[c] / counts[c] as f64
         }
     };
+    if min < 0.0 && policy == NegativePolicy::Error {
+        return Err(fail!(
+            Value,
+            "{} has negative activity (min {min:.4}): class selectivity needs non-negative \
+             activity (e.g. after a ReLU); choose the negative policy 'shift' or 'clip'",
+            unit()
+        ));
+    }
     let mut best = 0usize;
-    for (c, &m) in mu.iter().enumerate() {
-        if m > mu[best] {
+    for c in 0..k {
+        if mu(c) > mu(best) {
             best = c;
         }
     }
-    let mu_max = mu[best];
-    let rest: f64 = mu
-        .iter()
-        .enumerate()
-        .filter(|&(c, _)| c != best)
-        .map(|(_, &m)| m)
-        .sum::<f64>()
-        / (mu.len() - 1) as f64;
+    let mu_max = mu(best);
+    let rest: f64 = (0..k).filter(|&c| c != best).map(mu).sum::<f64>() / (k - 1) as f64;
     let denom = mu_max + rest;
     let si = if denom > 0.0 {
         ((mu_max - rest) / denom).clamp(0.0, 1.0)
@@ -340,10 +343,27 @@ fn selectivity_of(
 
 /// The flat summary of the rows (selectivity and MI vectors only when asked for).
 fn assemble(rows: Vec<UnitRow>, opts: &SummaryOptions) -> UnitSummary {
+    let (n, k) = (rows.len(), opts.n_classes);
+    fn units<T>(on: bool, n: usize) -> Vec<T> {
+        Vec::with_capacity(if on { n } else { 0 })
+    }
+    let (si, mi) = (opts.selectivity.is_some(), opts.mutual_info.is_some());
     let mut s = UnitSummary {
-        n_units: rows.len(),
-        n_classes: opts.n_classes,
-        ..Default::default()
+        n_units: n,
+        n_classes: k,
+        n_samples: units(true, n),
+        class_counts: Vec::with_capacity(n * k),
+        class_means: Vec::with_capacity(n * k),
+        mean: units(true, n),
+        std: units(true, n),
+        min: units(true, n),
+        max: units(true, n),
+        fraction_active: units(true, n),
+        selectivity: units(si, n),
+        preferred_class: units(si, n),
+        mi: units(mi, n),
+        mi_shuffled: units(mi, n),
+        class_entropy: units(mi, n),
     };
     for r in rows {
         s.n_samples.push(r.n);

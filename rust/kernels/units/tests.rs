@@ -59,6 +59,17 @@ fn variants(k: usize) -> Vec<SummaryOptions> {
     let mut clip = o;
     clip.selectivity = Some(NegativePolicy::Clip);
     out.push(clip);
+    // Without moments the dense path adds tiles of rows class by class: every combination of
+    // class sums, clipped sums and the maximum.
+    let mut si_mi = rows;
+    si_mi.moments = false;
+    out.push(si_mi);
+    let mut clip_only = si_only;
+    clip_only.selectivity = Some(NegativePolicy::Clip);
+    out.push(clip_only);
+    let mut clip_mi = si_mi;
+    clip_mi.selectivity = Some(NegativePolicy::Clip);
+    out.push(clip_mi);
     out
 }
 
@@ -128,6 +139,87 @@ fn negative_policies() {
     assert_eq!(si(&o), vec![1.0]);
     o.selectivity = Some(NegativePolicy::Clip);
     assert_eq!(si(&o), vec![1.0]);
+}
+
+#[test]
+fn class_tiles_match_the_row_pass_and_naive_means() {
+    // Shuffled labels (uneven class runs, so tiles of 8, 4, 2 and 1 rows), negative values,
+    // several summation runs: the pass without moments (class by class, in tiles) gives the
+    // bits of the row pass with moments, and means within 1e-12 of a naive f64 sum.
+    let (n, u, k) = (SUM_RUN * 3 + 77, 37, 5);
+    let (mut acts, _) = data(n, u, k);
+    acts.iter_mut().for_each(|x| *x -= 3.0);
+    let mut state = 99u64;
+    let labels: Vec<i64> = (0..n)
+        .map(|s| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            if s < k {
+                s as i64
+            } else {
+                ((state >> 33) % k as u64) as i64
+            }
+        })
+        .collect();
+    for policy in [NegativePolicy::Shift, NegativePolicy::Clip] {
+        for mi in [false, true] {
+            let mut with_moments = opts(k, mi);
+            with_moments.selectivity = Some(policy);
+            with_moments
+                .mutual_info
+                .iter_mut()
+                .for_each(|m| m.shuffles = 0);
+            let without = SummaryOptions {
+                moments: false,
+                ..with_moments
+            };
+            let a = summarize_dense(&acts, n, u, &labels, &with_moments).unwrap();
+            let b = summarize_dense(&acts, n, u, &labels, &without).unwrap();
+            assert_eq!(
+                format!("{:?}", a.class_means),
+                format!("{:?}", b.class_means)
+            );
+            assert_eq!(
+                format!("{:?}", a.selectivity),
+                format!("{:?}", b.selectivity)
+            );
+            assert_eq!(format!("{:?}", a.mi), format!("{:?}", b.mi));
+            assert_eq!((&a.min, &a.class_counts), (&b.min, &b.class_counts));
+            for unit in 0..u {
+                let lo = (0..n)
+                    .map(|r| acts[r * u + unit])
+                    .fold(f32::INFINITY, f32::min);
+                assert_eq!(b.min[unit], lo as f64);
+                let mu: Vec<f64> = (0..k)
+                    .map(|c| {
+                        let vals: Vec<f64> = (0..n)
+                            .filter(|&r| labels[r] == c as i64)
+                            .map(|r| acts[r * u + unit] as f64)
+                            .collect();
+                        let m = vals.iter().sum::<f64>() / vals.len() as f64;
+                        assert!((b.class_means[unit * k + c] - m).abs() < 1e-12 * m.abs().max(1.0));
+                        match policy {
+                            NegativePolicy::Clip => {
+                                vals.iter().map(|x| x.max(0.0)).sum::<f64>() / vals.len() as f64
+                            }
+                            _ => m - lo.min(0.0) as f64,
+                        }
+                    })
+                    .collect();
+                let best = (0..k).fold(0, |b, c| if mu[c] > mu[b] { c } else { b });
+                let rest = (mu.iter().sum::<f64>() - mu[best]) / (k - 1) as f64;
+                let want = if mu[best] + rest > 0.0 {
+                    (mu[best] - rest) / (mu[best] + rest)
+                } else {
+                    0.0
+                };
+                assert!(
+                    (b.selectivity[unit] - want).abs() < 1e-9,
+                    "{policy:?} unit {unit}"
+                );
+                assert_eq!(b.preferred_class[unit], best as i64);
+            }
+        }
+    }
 }
 
 #[test]
