@@ -137,6 +137,69 @@ def level_walk_cost(engine: Setup, links: _Links, n_levels: int) -> float:
     return dense[0] + per_level + pointwise + tail
 
 
+QUANTUM = 32  # computed units per site come in multiples of this (repeating conv shapes)
+FIRST_QUANTUM = 8  # and the first site's new units per level
+
+
+@dataclasses.dataclass
+class _Level:
+    """What one level of one ordering computes: the first site's newly ablated units
+    (padded to a multiple of FIRST_QUANTUM by repeats whose change is zeroed); per later
+    site the units computed (the kept ones, padded with ablated ones to a multiple of
+    QUANTUM: oneDNN builds a kernel per new shape, which costs more than the extra
+    channels), the positions among them that are ablated (set to the fill) and the
+    ablated units not computed (their fills' constant contribution)."""
+
+    new_first: torch.Tensor
+    new_padding: int
+    computed: list[torch.Tensor]
+    padding: list[torch.Tensor]
+    rest: list[torch.Tensor]
+
+
+def _padded(count: int, quantum: int, total: int) -> int:
+    return min(total, -(-count // quantum) * quantum) if count else 0
+
+
+def _level_plans(
+    order: torch.Tensor,
+    levels: np.ndarray,
+    site_of: torch.Tensor,
+    unit_of: torch.Tensor,
+    specs: list,
+    dev: torch.device,
+) -> list[_Level]:
+    masks = [torch.zeros(s.n_units, dtype=torch.bool) for s in specs]
+    ranks = [torch.zeros(s.n_units, dtype=torch.long) for s in specs]  # 0 = kept
+    plans = []
+    start = 0
+    for count in levels:
+        step = order[start : int(count)]
+        sites = site_of[step]
+        new = unit_of[step[sites == 0]]
+        pad = -new.numel() % FIRST_QUANTUM
+        if new.numel() and pad:
+            new = torch.cat([new, new[:1].repeat(pad)])
+        computed, padding, rest = [torch.empty(0)], [torch.empty(0)], [torch.empty(0)]
+        for k in range(1, len(specs)):
+            units = unit_of[step[sites == k]]
+            masks[k][units] = True
+            ranks[k][units] = torch.arange(start + 1, start + 1 + len(step))[sites == k]
+            kept = torch.nonzero(~masks[k]).flatten()
+            gone = torch.nonzero(masks[k]).flatten()
+            n_comp = _padded(kept.numel(), QUANTUM, specs[k].n_units)
+            # the most recently ablated units fill the padding (any would do)
+            latest = gone[torch.argsort(ranks[k][gone], descending=True)]
+            fill_in = latest[: n_comp - kept.numel()]
+            comp, where = torch.sort(torch.cat([kept, fill_in]))
+            computed.append(comp.to(dev))
+            padding.append(torch.nonzero(where >= kept.numel()).flatten().to(dev))
+            rest.append(latest[n_comp - kept.numel() :].sort().values.to(dev))
+        plans.append(_Level(new.to(dev), int(pad) if new.numel() else 0, computed, padding, rest))
+        start = int(count)
+    return plans
+
+
 def level_walk_curves(
     engine: Setup,
     links: _Links,
@@ -160,48 +223,42 @@ def level_walk_curves(
         unit_of[s.offset : s.offset + s.n_units] = torch.arange(s.n_units)
     wt, tail_bias, tail_fill = tail_affine(runner.ops, links.tail, specs[-1], fills[-1])
     wt, tail_bias, tail_fill = wt.double(), tail_bias.double(), tail_fill.double()
-    # per ordering and level: the first site's newly ablated units; for the later sites,
-    # the units ablated so far and those still kept
-    new_first: list[list[torch.Tensor]] = []
-    ablated: list[list[list[torch.Tensor]]] = []
-    kept: list[list[list[torch.Tensor]]] = []
-    for o in range(n_ord):
-        new_first.append([])
-        ablated.append([])
-        kept.append([])
-        masks = [torch.zeros(s.n_units, dtype=torch.bool) for s in specs]
-        start = 0
-        for count in levels:
-            step = orders[o, start : int(count)]
-            start = int(count)
-            sites = site_of[step]
-            new_first[o].append(unit_of[step[sites == 0]].to(dev))
-            for k in range(1, n_sites):
-                masks[k][unit_of[step[sites == k]]] = True
-            ablated[o].append([torch.nonzero(m).flatten().to(dev) for m in masks])
-            kept[o].append([torch.nonzero(~m).flatten().to(dev) for m in masks])
+    plans = [_level_plans(orders[o], levels, site_of, unit_of, specs, dev) for o in range(n_ord)]
+    fill_values = [
+        torch.zeros(s.n_units, dtype=engine.dtype, device=dev) if f is None else f
+        for s, f in zip(specs, fills, strict=True)
+    ]
 
-    def at_level(o: int, li: int, pre1: torch.Tensor) -> torch.Tensor:
-        """Logits (float64) at level ``li`` of ordering ``o`` from site 2's pre-activation."""
-        gone, left = ablated[o][li], kept[o][li]
-        h = pre1.index_select(1, left[1])
-        for op in links.mids[0]:
+    def computed(k: int, pre: torch.Tensor, step: _Level) -> torch.Tensor:
+        """Site k's activity over its computed units from their pre-activations (the
+        ablated ones among them set to their fill)."""
+        h = pre
+        for op in links.mids[k - 1]:
             h = op(h)
+        if step.padding[k].numel():
+            h[:, step.padding[k]] = (
+                fill_values[k][step.computed[k][step.padding[k]]]
+                .view(-1, *([1] * (h.ndim - 2)))
+                .to(h.dtype)
+            )
+        return h
+
+    def at_level(step: _Level, pre1: torch.Tensor) -> torch.Tensor:
+        """Logits (float64) at one level from site 2's pre-activation."""
+        h = computed(1, pre1.index_select(1, step.computed[1]), step)
         for k in range(1, n_sites - 1):
             layer = links.layers[k]
-            out = left[k + 1]
-            pre = layer.linear(h, left[k], out) + layer.constant.index_select(1, out)
-            extra = layer.fill_term(fills[k], specs[k].shape, gone[k], out)
+            out = step.computed[k + 1]
+            pre = layer.linear(h, step.computed[k], out) + layer.constant.index_select(1, out)
+            extra = layer.fill_term(fills[k], specs[k].shape, step.rest[k], out)
             if extra is not None:
                 pre = pre + extra
-            h = pre
-            for op in links.mids[k]:
-                h = op(h)
+            h = computed(k + 1, pre, step)
         r = h.double()
         r = r.mean(dim=tuple(range(2, r.ndim))) if r.ndim > 2 else r
-        logits = tail_bias + r @ wt[left[-1]]
-        if fills[-1] is not None and gone[-1].numel():
-            logits = logits + tail_fill[gone[-1]] @ wt[gone[-1]]
+        logits = tail_bias + r @ wt[step.computed[-1]]
+        if fills[-1] is not None and step.rest[-1].numel():
+            logits = logits + tail_fill[step.rest[-1]] @ wt[step.rest[-1]]
         return logits
 
     first = links.layers[0]
@@ -212,18 +269,25 @@ def level_walk_curves(
         loss = torch.zeros(n_ord, len(levels), dtype=torch.float64)
         every = torch.arange(specs[1].n_units, device=dev)
         full = first.chain.run(runner.ops, h0)
+        # nothing ablated: the same logits for every ordering
+        unablated = at_level(plans[0][0], full) if int(levels[0]) == 0 else None
         for o in range(n_ord):
             pre1 = full.clone()
             all_logits = torch.empty(
                 len(levels), h0.shape[0], wt.shape[1], dtype=torch.float64, device=dev
             )
-            for li in range(len(levels)):
-                new = new_first[o][li]
+            for li, step in enumerate(plans[o]):
+                new = step.new_first
                 if new.numel():
                     d = h0.index_select(1, new)
                     d = -d if fill0 is None else fill0[new].view(1, -1, *([1] * (d.ndim - 2))) - d
+                    if step.new_padding:  # repeated units with a zero change: fixed shapes
+                        d[:, -step.new_padding :] = 0
                     pre1 += first.linear(d, new, every)
-                all_logits[li] = at_level(o, li, pre1)
+                if li == 0 and unablated is not None:
+                    all_logits[0] = unablated
+                else:
+                    all_logits[li] = at_level(step, pre1)
             c, s = score(all_logits, yb)
             correct[o] += c
             loss[o] += s
