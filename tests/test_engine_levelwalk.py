@@ -81,6 +81,8 @@ def test_user_written_conv_net_four_sites(value: str) -> None:
     assert plan.path == "level-walk", plan
     _, plan = _check_curves(model, x, sites, levels=[0, 1, 5, 6, 20, 26, 27], value=value)
     assert plan.path == "level-walk", plan
+    _, plan = _check_curves(model, x, sites, levels=[3, 9, 15], value=value)  # no level 0
+    assert plan.path == "level-walk", plan
 
 
 def test_two_conv_sites_at_three_levels() -> None:
