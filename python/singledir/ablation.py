@@ -170,8 +170,8 @@ def ablation_plan(
     method: str = "auto",
 ) -> Plan:
     """The :class:`~singledir.engine.plan.Plan` :func:`ablation_curves` follows with these
-    arguments: runner (chain, fx or hooks), path (cumsum, walk, walk-linear or stacked),
-    sites with their unit axes, and why."""
+    arguments: runner (chain, fx or hooks), path (native-walk, cumsum, walk, walk-linear,
+    kwalk, level-walk, segments or stacked), sites with their unit axes, and why."""
     dev = resolve_device(device)
     with prepared(model, dev) as dtype, torch.no_grad():
         engine = setup(
