@@ -68,20 +68,6 @@ class _Layer:
             y = y * chain.scale[out].view(1, -1, *([1] * (y.ndim - 2)))
         return y
 
-    def fill_term(
-        self,
-        fill: torch.Tensor | None,
-        site_shape: tuple[int, ...],
-        ablated: torch.Tensor,
-        out: torch.Tensor,
-    ) -> torch.Tensor | None:
-        """The ablated input units' contribution at their fills (None when they are 0)."""
-        if fill is None or ablated.numel() == 0:
-            return None
-        positions = site_shape[1:]
-        h = fill[ablated].view(1, -1, *([1] * len(positions))).expand(1, -1, *positions)
-        return self.linear(h.contiguous(), ablated, out)
-
 
 @dataclasses.dataclass
 class _Links:
@@ -143,18 +129,20 @@ FIRST_QUANTUM = 8  # and the first site's new units per level
 
 @dataclasses.dataclass
 class _Level:
-    """What one level of one ordering computes: the first site's newly ablated units
-    (padded to a multiple of FIRST_QUANTUM by repeats whose change is zeroed); per later
-    site the units computed (the kept ones, padded with ablated ones to a multiple of
-    QUANTUM: oneDNN builds a kernel per new shape, which costs more than the extra
-    channels), the positions among them that are ablated (set to the fill) and the
-    ablated units not computed (their fills' constant contribution)."""
+    """What one level of one ordering computes. Per site: the newly ablated units (padded
+    to a multiple of FIRST_QUANTUM by repeats whose change is zeroed: the first site's
+    update its pre-activation's, the later sites' their fills' constant contribution to
+    the next layer); for the sites after the first, the units computed (the kept ones,
+    padded with ablated ones to a multiple of QUANTUM: oneDNN builds a kernel per new
+    shape, which costs more than the extra channels) and the positions among them that
+    are ablated (set to 0: every ablated unit's fill enters as a constant term); the last
+    site's ablated units (their fills' logit term)."""
 
-    new_first: torch.Tensor
-    new_padding: int
+    new: list[torch.Tensor]
+    new_padding: list[int]
     computed: list[torch.Tensor]
     padding: list[torch.Tensor]
-    rest: list[torch.Tensor]
+    gone_last: torch.Tensor
 
 
 def _padded(count: int, quantum: int, total: int) -> int:
@@ -176,13 +164,15 @@ def _level_plans(
     for count in levels:
         step = order[start : int(count)]
         sites = site_of[step]
-        new = unit_of[step[sites == 0]]
-        pad = -new.numel() % FIRST_QUANTUM
-        if new.numel() and pad:
-            new = torch.cat([new, new[:1].repeat(pad)])
-        computed, padding, rest = [torch.empty(0)], [torch.empty(0)], [torch.empty(0)]
-        for k in range(1, len(specs)):
+        news, pads = [], []
+        computed, padding = [torch.empty(0)], [torch.empty(0)]
+        for k in range(len(specs)):
             units = unit_of[step[sites == k]]
+            pad = -units.numel() % FIRST_QUANTUM if units.numel() else 0
+            news.append(torch.cat([units, units[:1].repeat(pad)]).to(dev))
+            pads.append(pad)
+            if k == 0:
+                continue
             masks[k][units] = True
             ranks[k][units] = torch.arange(start + 1, start + 1 + len(step))[sites == k]
             kept = torch.nonzero(~masks[k]).flatten()
@@ -190,12 +180,11 @@ def _level_plans(
             n_comp = _padded(kept.numel(), QUANTUM, specs[k].n_units)
             # the most recently ablated units fill the padding (any would do)
             latest = gone[torch.argsort(ranks[k][gone], descending=True)]
-            fill_in = latest[: n_comp - kept.numel()]
-            comp, where = torch.sort(torch.cat([kept, fill_in]))
+            comp, where = torch.sort(torch.cat([kept, latest[: n_comp - kept.numel()]]))
             computed.append(comp.to(dev))
             padding.append(torch.nonzero(where >= kept.numel()).flatten().to(dev))
-            rest.append(latest[n_comp - kept.numel() :].sort().values.to(dev))
-        plans.append(_Level(new.to(dev), int(pad) if new.numel() else 0, computed, padding, rest))
+        gone_last = torch.nonzero(masks[-1]).flatten().to(dev)
+        plans.append(_Level(news, pads, computed, padding, gone_last))
         start = int(count)
     return plans
 
@@ -224,70 +213,84 @@ def level_walk_curves(
     wt, tail_bias, tail_fill = tail_affine(runner.ops, links.tail, specs[-1], fills[-1])
     wt, tail_bias, tail_fill = wt.double(), tail_bias.double(), tail_fill.double()
     plans = [_level_plans(orders[o], levels, site_of, unit_of, specs, dev) for o in range(n_ord)]
-    fill_values = [
-        torch.zeros(s.n_units, dtype=engine.dtype, device=dev) if f is None else f
-        for s, f in zip(specs, fills, strict=True)
-    ]
 
     def computed(k: int, pre: torch.Tensor, step: _Level) -> torch.Tensor:
         """Site k's activity over its computed units from their pre-activations (the
-        ablated ones among them set to their fill)."""
+        ablated ones among them set to 0: their fills are in the constant terms)."""
         h = pre
         for op in links.mids[k - 1]:
             h = op(h)
         if step.padding[k].numel():
-            h[:, step.padding[k]] = (
-                fill_values[k][step.computed[k][step.padding[k]]]
-                .view(-1, *([1] * (h.ndim - 2)))
-                .to(h.dtype)
-            )
+            h[:, step.padding[k]] = 0
         return h
 
-    def at_level(step: _Level, pre1: torch.Tensor) -> torch.Tensor:
+    def at_level(step: _Level, pre1: torch.Tensor, fill_terms: list) -> torch.Tensor:
         """Logits (float64) at one level from site 2's pre-activation."""
         h = computed(1, pre1.index_select(1, step.computed[1]), step)
         for k in range(1, n_sites - 1):
             layer = links.layers[k]
             out = step.computed[k + 1]
             pre = layer.linear(h, step.computed[k], out) + layer.constant.index_select(1, out)
-            extra = layer.fill_term(fills[k], specs[k].shape, step.rest[k], out)
-            if extra is not None:
-                pre = pre + extra
+            if fill_terms[k] is not None:
+                pre = pre + fill_terms[k].index_select(1, out)
             h = computed(k + 1, pre, step)
         r = h.double()
         r = r.mean(dim=tuple(range(2, r.ndim))) if r.ndim > 2 else r
         logits = tail_bias + r @ wt[step.computed[-1]]
-        if fills[-1] is not None and step.rest[-1].numel():
-            logits = logits + tail_fill[step.rest[-1]] @ wt[step.rest[-1]]
+        if fills[-1] is not None and step.gone_last.numel():
+            logits = logits + tail_fill[step.gone_last] @ wt[step.gone_last]
         return logits
 
+    def change_of(k: int, h: torch.Tensor | None, step: _Level) -> torch.Tensor:
+        """The change of site k's newly ablated units: fill - activity (site 0, ``h``) or
+        the fill itself (later sites, whose computed activity leaves them out); padding
+        repeats zeroed."""
+        new = step.new[k]
+        fill = fills[k]
+        if h is not None:
+            d = h.index_select(1, new)
+            d = -d if fill is None else fill[new].view(1, -1, *([1] * (d.ndim - 2))) - d
+        else:
+            assert fill is not None
+            positions = specs[k].shape[1:]
+            d = fill[new].view(1, -1, *([1] * len(positions))).expand(1, -1, *positions)
+            d = d.contiguous()
+        if step.new_padding[k]:  # repeated units with a zero change: fixed shapes
+            d[:, -step.new_padding[k] :] = 0
+        return d
+
     first = links.layers[0]
-    fill0 = fills[0]
+    every = [torch.arange(s.n_units, device=dev) for s in specs]
 
     def work(h0: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         correct = torch.zeros(n_ord, len(levels), dtype=torch.long)
         loss = torch.zeros(n_ord, len(levels), dtype=torch.float64)
-        every = torch.arange(specs[1].n_units, device=dev)
         full = first.chain.run(runner.ops, h0)
+        no_fills: list = [None] * n_sites
         # nothing ablated: the same logits for every ordering
-        unablated = at_level(plans[0][0], full) if int(levels[0]) == 0 else None
+        unablated = at_level(plans[0][0], full, no_fills) if int(levels[0]) == 0 else None
         for o in range(n_ord):
             pre1 = full.clone()
+            # the fills of the later sites' ablated units, as constant terms of the layer
+            # after each (sample-independent, accumulated along the ordering)
+            fill_terms: list = list(no_fills)
             all_logits = torch.empty(
                 len(levels), h0.shape[0], wt.shape[1], dtype=torch.float64, device=dev
             )
             for li, step in enumerate(plans[o]):
-                new = step.new_first
-                if new.numel():
-                    d = h0.index_select(1, new)
-                    d = -d if fill0 is None else fill0[new].view(1, -1, *([1] * (d.ndim - 2))) - d
-                    if step.new_padding:  # repeated units with a zero change: fixed shapes
-                        d[:, -step.new_padding :] = 0
-                    pre1 += first.linear(d, new, every)
+                if step.new[0].numel():
+                    pre1 += first.linear(change_of(0, h0, step), step.new[0], every[1])
+                for k in range(1, n_sites - 1):
+                    if fills[k] is None or not step.new[k].numel():
+                        continue
+                    term = links.layers[k].linear(
+                        change_of(k, None, step), step.new[k], every[k + 1]
+                    )
+                    fill_terms[k] = term if fill_terms[k] is None else fill_terms[k] + term
                 if li == 0 and unablated is not None:
                     all_logits[0] = unablated
                 else:
-                    all_logits[li] = at_level(step, pre1)
+                    all_logits[li] = at_level(step, pre1, fill_terms)
             c, s = score(all_logits, yb)
             correct[o] += c
             loss[o] += s
