@@ -99,6 +99,34 @@ def test_file_read_in_slices_equals_one_read(tmp_path, monkeypatch, slice_rows):
     assert got.equals(ref)
 
 
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(o) or "default")
+def test_long_unit_runs_added_in_parallel_equal_dense(tmp_path, monkeypatch, options):
+    # Units of 9,000 records in slices of 40,000: several whole runs per slice, which the core
+    # adds in parallel (runs of 4,096+ records on average), slices cutting runs and layers;
+    # then fc1's unit 2 split, its second half at the end of the layer (the unit comes back:
+    # MI from the first pass is given up for a second pass). Both equal dense bit for bit.
+    arrays, y = layer_arrays(9000, 4, seed=3)
+    table = records(arrays, y)
+    n = len(y)
+    start = LAYERS["conv"] * n + 2 * n  # fc1, unit 2
+    moved = pl.concat(
+        [
+            table[: start + n // 2],
+            table[start + n : (LAYERS["conv"] + LAYERS["fc1"]) * n],
+            table[start + n // 2 : start + n],
+            table[(LAYERS["conv"] + LAYERS["fc1"]) * n :],
+        ]
+    )
+    assert moved.height == table.height
+    monkeypatch.setattr(activation_stats, "READ_BATCH_ROWS", 40_000)
+    kwargs = {"negative": "shift", **options}
+    ref = dense_reference(arrays, y, **kwargs)
+    for i, frame in enumerate((table, moved)):
+        path = tmp_path / f"acts{i}.parquet"
+        frame.write_parquet(path, row_group_size=20_000)
+        assert sd.stats_from_activations(path, **kwargs).equals(ref), i
+
+
 @SETTINGS
 @given(st.integers(0, 2**31), st.sampled_from(OPTIONS[:3]))
 def test_unsorted_records_and_interleaved_layers(tmp_path_factory, seed, options):

@@ -113,20 +113,42 @@ def _check_schema(lf: pl.LazyFrame, where: str) -> None:
             )
 
 
-def _read_slice(lf: pl.LazyFrame, offset: int, length: int) -> pl.DataFrame:
-    return lf.slice(offset, length).collect()
+#: A batch with the runs of its layers, ``[(name, records), ...]`` (None: the layers
+#: interleave beyond ``MAX_LAYER_RUNS`` runs).
+LayerRuns = list[tuple[str, int]] | None
+Batch = tuple[pl.DataFrame, LayerRuns]
 
 
-def _batches(
-    lf: pl.LazyFrame, with_samples: bool, where: str, from_file: bool
-) -> Iterator[pl.DataFrame]:
+def _layer_runs(batch: pl.DataFrame) -> LayerRuns:
+    layer = batch["layer"]
+    if batch.height == 0:
+        return []
+    first = layer[0]
+    if (layer == first).all():  # one layer: the usual batch, and a cheaper test than rle
+        return [(str(first), batch.height)]
+    runs = layer.rle()
+    if runs.len() > MAX_LAYER_RUNS:
+        return None
+    lengths = runs.struct.field("len").to_list()
+    names = runs.struct.field("value").cast(pl.String).to_list()
+    return list(zip(names, lengths, strict=True))
+
+
+def _read_slice(lf: pl.LazyFrame, offset: int, length: int) -> Batch:
+    """One slice of the file and its layer runs (found here, on the reader thread, while the
+    core works on the previous slice)."""
+    batch = lf.slice(offset, length).collect()
+    return batch, _layer_runs(batch)
+
+
+def _batches(lf: pl.LazyFrame, with_samples: bool, where: str, from_file: bool) -> Iterator[Batch]:
     """The table in batches, projected to the columns this pass needs, integers as int64 and
     activations as float32 (no copy when the file has these types).
 
     A file is read in slices of ``READ_BATCH_ROWS`` records (polars reads only the row
     groups a slice covers), the next ``READ_AHEAD`` slices being read while the core works on
     this one: a few slices in memory at most, however large the file. Other sources stream
-    through polars' batches."""
+    through polars' batches. Each batch comes with its layer runs."""
     columns = [
         pl.col("layer"),
         pl.col("unit").cast(pl.Int64),
@@ -138,7 +160,8 @@ def _batches(
     projected = lf.select(columns)
     try:
         if not from_file:
-            yield from projected.collect_batches()
+            for frame in projected.collect_batches():
+                yield frame, _layer_runs(frame)
             return
         n_rows = int(lf.select(pl.len()).collect().item())
         offsets = iter(range(0, n_rows, READ_BATCH_ROWS))
@@ -177,7 +200,9 @@ def _check_nulls(batch: pl.DataFrame) -> None:
         )
 
 
-def _add_batch(stats: _core.RecordStats, batch: pl.DataFrame, with_samples: bool) -> None:
+def _add_batch(
+    stats: _core.RecordStats, batch: pl.DataFrame, runs: LayerRuns, with_samples: bool
+) -> None:
     """One batch to the core: records in runs of one layer (the usual layout: `record`
     writes layer by layer), or, when layers interleave, one layer code per record."""
     columns = (
@@ -186,19 +211,12 @@ def _add_batch(stats: _core.RecordStats, batch: pl.DataFrame, with_samples: bool
         _column(batch, "label", np.int64),
         _column(batch, "activation", np.float32),
     )
-    layer = batch["layer"]
-    if (layer == layer[0]).all():  # one layer: the usual batch, and a cheaper test than rle
-        codes = np.array([stats.layer_code(str(layer[0]))], dtype=np.uint32)
-        stats.add_runs(codes, np.array([batch.height], dtype=np.uint64), *columns)
-        return
-    runs = layer.rle()
-    if runs.len() <= MAX_LAYER_RUNS:
-        lengths = runs.struct.field("len").to_numpy().astype(np.uint64)
-        run_names = runs.struct.field("value").cast(pl.String).to_list()
-        codes = np.array([stats.layer_code(name) for name in run_names], dtype=np.uint32)
+    if runs is not None:
+        codes = np.array([stats.layer_code(name) for name, _ in runs], dtype=np.uint32)
+        lengths = np.array([n for _, n in runs], dtype=np.uint64)
         stats.add_runs(codes, lengths, *columns)
         return
-    names = layer.cast(pl.String)
+    names = batch["layer"].cast(pl.String)
     mapping = {name: stats.layer_code(name) for name in names.unique(maintain_order=True)}
     stats.add(names.replace_strict(mapping, return_dtype=pl.UInt32).to_numpy(), *columns)
 
@@ -280,13 +298,13 @@ def stats_from_activations(
     while True:
         with_samples = stats.wants_samples()
         records = 0
-        for batch in _batches(lf, with_samples, where, from_file):
+        for batch, runs in _batches(lf, with_samples, where, from_file):
             if batch.height == 0:
                 continue
             if first:
                 _check_nulls(batch)
             records += batch.height
-            _add_batch(stats, batch, with_samples)
+            _add_batch(stats, batch, runs, with_samples)
         if first and records == 0:
             raise DataError(f"{where} has no rows: record some activations first")
         first = False

@@ -85,19 +85,31 @@ impl LayerState {
         self.tot.n.len()
     }
 
+    /// The state of unit `u` that its records update.
+    fn cells(&mut self, u: usize) -> UnitCells<'_> {
+        let k = self.tot.k;
+        let (t, cells) = (&mut self.tot, u * k..(u + 1) * k);
+        UnitCells {
+            n: &mut t.n[u],
+            x0: &mut t.x0[u],
+            lo: &mut t.lo[u],
+            hi: &mut t.hi[u],
+            active: &mut t.active[u],
+            s1: &mut t.s1[u],
+            s2: &mut t.s2[u],
+            run_s1: &mut self.run_s1[u],
+            run_s2: &mut self.run_s2[u],
+            counts: &mut t.counts[cells.clone()],
+            sums: &mut t.sums[cells.clone()],
+            pos: &mut t.pos[cells.clone()],
+            run_sums: &mut self.run_sums[cells.clone()],
+            run_pos: &mut self.run_pos[cells],
+        }
+    }
+
     /// Flush the current run of unit `u` into its totals (the summation rule).
     fn flush(&mut self, u: usize) {
-        let k = self.tot.k;
-        for i in u * k..(u + 1) * k {
-            self.tot.sums[i] += self.run_sums[i];
-            self.run_sums[i] = 0.0;
-            self.tot.pos[i] += self.run_pos[i];
-            self.run_pos[i] = 0.0;
-        }
-        self.tot.s1[u] += self.run_s1[u];
-        self.run_s1[u] = 0.0;
-        self.tot.s2[u] += self.run_s2[u];
-        self.run_s2[u] = 0.0;
+        self.cells(u).flush();
     }
 
     fn grow_units(&mut self, n_units: usize) {
@@ -221,60 +233,248 @@ fn add_record(
     }
 }
 
-/// Adds a run of records of unit `u` (checked) to its sums, in order, flushing at every
+/// The state of one unit that a run of its records updates (borrowed from its layer's
+/// state, or from a [`UnitAcc`] copy).
+struct UnitCells<'a> {
+    n: &'a mut u64,
+    x0: &'a mut f64,
+    lo: &'a mut f32,
+    hi: &'a mut f32,
+    active: &'a mut u64,
+    s1: &'a mut f64,
+    s2: &'a mut f64,
+    run_s1: &'a mut f64,
+    run_s2: &'a mut f64,
+    counts: &'a mut [u64],
+    sums: &'a mut [f64],
+    pos: &'a mut [f64],
+    run_sums: &'a mut [f64],
+    run_pos: &'a mut [f64],
+}
+
+impl UnitCells<'_> {
+    /// Flush the current run into the totals (the summation rule).
+    fn flush(&mut self) {
+        for (t, r) in self.sums.iter_mut().zip(self.run_sums.iter_mut()) {
+            *t += std::mem::take(r);
+        }
+        for (t, r) in self.pos.iter_mut().zip(self.run_pos.iter_mut()) {
+            *t += std::mem::take(r);
+        }
+        *self.s1 += std::mem::take(self.run_s1);
+        *self.s2 += std::mem::take(self.run_s2);
+    }
+}
+
+/// An owned copy of one unit's state, updated by a parallel task and stored back in order.
+#[derive(Clone, Default)]
+struct UnitAcc {
+    n: u64,
+    x0: f64,
+    lo: f32,
+    hi: f32,
+    active: u64,
+    s1: f64,
+    s2: f64,
+    run_s1: f64,
+    run_s2: f64,
+    counts: Vec<u64>,
+    sums: Vec<f64>,
+    pos: Vec<f64>,
+    run_sums: Vec<f64>,
+    run_pos: Vec<f64>,
+}
+
+impl UnitAcc {
+    fn load(state: &LayerState, u: usize) -> UnitAcc {
+        let (t, k) = (&state.tot, state.tot.k);
+        let cells = u * k..(u + 1) * k;
+        UnitAcc {
+            n: t.n[u],
+            x0: t.x0[u],
+            lo: t.lo[u],
+            hi: t.hi[u],
+            active: t.active[u],
+            s1: t.s1[u],
+            s2: t.s2[u],
+            run_s1: state.run_s1[u],
+            run_s2: state.run_s2[u],
+            counts: t.counts[cells.clone()].to_vec(),
+            sums: t.sums[cells.clone()].to_vec(),
+            pos: t.pos[cells.clone()].to_vec(),
+            run_sums: state.run_sums[cells.clone()].to_vec(),
+            run_pos: state.run_pos[cells].to_vec(),
+        }
+    }
+
+    fn store(&self, state: &mut LayerState, u: usize) {
+        let k = state.tot.k;
+        let cells = u * k..(u + 1) * k;
+        let t = &mut state.tot;
+        (t.n[u], t.x0[u], t.lo[u], t.hi[u]) = (self.n, self.x0, self.lo, self.hi);
+        (t.active[u], t.s1[u], t.s2[u]) = (self.active, self.s1, self.s2);
+        (state.run_s1[u], state.run_s2[u]) = (self.run_s1, self.run_s2);
+        t.counts[cells.clone()].copy_from_slice(&self.counts);
+        t.sums[cells.clone()].copy_from_slice(&self.sums);
+        t.pos[cells.clone()].copy_from_slice(&self.pos);
+        state.run_sums[cells.clone()].copy_from_slice(&self.run_sums);
+        state.run_pos[cells].copy_from_slice(&self.run_pos);
+    }
+
+    fn cells(&mut self) -> UnitCells<'_> {
+        UnitCells {
+            n: &mut self.n,
+            x0: &mut self.x0,
+            lo: &mut self.lo,
+            hi: &mut self.hi,
+            active: &mut self.active,
+            s1: &mut self.s1,
+            s2: &mut self.s2,
+            run_s1: &mut self.run_s1,
+            run_s2: &mut self.run_s2,
+            counts: &mut self.counts,
+            sums: &mut self.sums,
+            pos: &mut self.pos,
+            run_sums: &mut self.run_sums,
+            run_pos: &mut self.run_pos,
+        }
+    }
+}
+
+/// What a parallel task gives back for one run: its unit's updated state and bitset, and
+/// the unit's MI when the run holds all of its records.
+struct RunPart {
+    acc: UnitAcc,
+    seen: Vec<u64>,
+    mi: Option<MiUnit>,
+}
+
+/// Adds a run of records of one unit (checked) to its sums, in order, flushing at every
 /// [`SUM_RUN`] records of the unit: the operations of the summation rule, with the unit's
 /// running values in registers.
 fn add_unit_run(
-    state: &mut LayerState,
-    u: usize,
-    k: usize,
+    cells: &mut UnitCells<'_>,
     labels: &[i64],
     values: &[f32],
     (sums_on, pos_on, moments_on): (bool, bool, bool),
 ) {
+    // One loop per combination of options, without branches inside.
+    match (sums_on, pos_on, moments_on) {
+        (true, false, true) => add_unit_run_with::<true, false, true>(cells, labels, values),
+        (true, false, false) => add_unit_run_with::<true, false, false>(cells, labels, values),
+        (true, true, true) => add_unit_run_with::<true, true, true>(cells, labels, values),
+        (true, true, false) => add_unit_run_with::<true, true, false>(cells, labels, values),
+        (false, _, true) => add_unit_run_with::<false, false, true>(cells, labels, values),
+        (false, _, false) => add_unit_run_with::<false, false, false>(cells, labels, values),
+    }
+}
+
+#[inline(always)]
+fn add_unit_run_with<const SUMS: bool, const POS: bool, const MOMENTS: bool>(
+    cells: &mut UnitCells<'_>,
+    labels: &[i64],
+    values: &[f32],
+) {
+    let k = cells.counts.len();
     let mut done = 0;
     while done < labels.len() {
-        let seen = state.tot.n[u];
+        let seen = *cells.n;
         if seen == 0 {
-            state.tot.x0[u] = values[done] as f64;
+            *cells.x0 = values[done] as f64;
         }
         let room = SUM_RUN - (seen % SUM_RUN as u64) as usize;
         let end = labels.len().min(done + room);
         let (labels, values) = (&labels[done..end], &values[done..end]);
-        let t = &mut state.tot;
-        let x0 = t.x0[u];
-        let (mut s1, mut s2) = (state.run_s1[u], state.run_s2[u]);
-        let (mut lo, mut hi, mut active) = (t.lo[u], t.hi[u], t.active[u]);
-        let cells = u * k..(u + 1) * k;
-        let counts = &mut t.counts[cells.clone()];
-        let sums = &mut state.run_sums[cells.clone()];
-        let pos = &mut state.run_pos[cells];
+        let x0 = *cells.x0;
+        let (mut s1, mut s2) = (*cells.run_s1, *cells.run_s2);
+        let (mut lo, mut hi, mut active) = (*cells.lo, *cells.hi, *cells.active);
+        let counts = &mut cells.counts[..k];
+        let sums = &mut cells.run_sums[..if SUMS { k } else { 0 }];
+        let pos = &mut cells.run_pos[..if POS { k } else { 0 }];
         for (&c, &x) in labels.iter().zip(values) {
             let (c, xf) = (c as usize, x as f64);
             counts[c] += 1;
-            if sums_on {
+            if SUMS {
                 sums[c] += xf;
             }
-            if pos_on {
+            if POS {
                 pos[c] += xf.max(0.0);
             }
-            if moments_on {
+            if MOMENTS {
                 let d = xf - x0;
                 s1 += d;
                 s2 += d * d;
                 active += (x > 0.0) as u64;
             }
-            lo = lo.min(x);
-            hi = hi.max(x);
+            // Selects (one `minss`/`maxss`): the values are checked finite.
+            lo = if x < lo { x } else { lo };
+            hi = if x > hi { x } else { hi };
         }
-        (state.run_s1[u], state.run_s2[u]) = (s1, s2);
-        (t.lo[u], t.hi[u], t.active[u]) = (lo, hi, active);
-        t.n[u] = seen + labels.len() as u64;
-        if t.n[u] % SUM_RUN as u64 == 0 {
-            state.flush(u);
+        (*cells.run_s1, *cells.run_s2) = (s1, s2);
+        (*cells.lo, *cells.hi, *cells.active) = (lo, hi, active);
+        *cells.n = seen + labels.len() as u64;
+        if *cells.n % SUM_RUN as u64 == 0 {
+            cells.flush();
         }
         done = end;
     }
+}
+
+/// Marks the samples of a run of one unit in its bitset (`seen`, one bit per sample); the
+/// first sample already marked, if any.
+fn mark_samples(seen: &mut [u64], samples: &[i64]) -> Option<usize> {
+    // The bitset word of the current samples stays in a register (samples in order share
+    // words), instead of a load that waits on the previous store.
+    let (mut at, mut bits) = (usize::MAX, 0u64);
+    let mut duplicate = None;
+    for &s in samples {
+        let s = s as usize;
+        if s / 64 != at {
+            if at != usize::MAX {
+                seen[at] = bits;
+            }
+            at = s / 64;
+            bits = seen[at];
+        }
+        let mask = 1u64 << (s % 64);
+        if bits & mask != 0 {
+            duplicate = Some(s);
+            break;
+        }
+        bits |= mask;
+    }
+    if at != usize::MAX {
+        seen[at] = bits;
+    }
+    duplicate
+}
+
+fn duplicate_error(state: &LayerState, u: usize, s: usize) -> crate::error::KernelError {
+    fail!(
+        Value,
+        "{}two records of unit {u}, sample {s}: each (layer, unit, sample) must appear once \
+         (drop the duplicates, e.g. with polars unique())",
+        state.prefix()
+    )
+}
+
+/// Records per run, on average, from which the runs of a batch are added in parallel.
+const PARALLEL_MIN_RUN: usize = 4096;
+
+/// The runs of one unit in a batch, `(unit, records)`, when there are 2 to `max_runs`.
+fn unit_runs(units: &[i64], max_runs: usize) -> Option<Vec<(usize, Range<usize>)>> {
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < units.len() {
+        if runs.len() == max_runs {
+            return None;
+        }
+        let u = units[i];
+        let j = i + units[i..].iter().take_while(|&&v| v == u).count();
+        runs.push((u as usize, i..j));
+        i = j;
+    }
+    (runs.len() >= 2).then_some(runs)
 }
 
 /// The record columns have one length.
@@ -580,6 +780,12 @@ impl RecordStats {
         });
         let flags = (sums_on, pos_on, moments_on);
         let n = units.len();
+        if let Some(runs) = unit_runs(units, n / PARALLEL_MIN_RUN) {
+            if self.runs_are_independent(layer, &runs) {
+                return self.add_sums_parallel(layer, &runs, samples, labels, values, flags, mo);
+            }
+        }
+        let state = &mut self.layers[layer];
         let mut i = 0;
         // Runs of one unit (a whole batch of them in the layout `record` writes): per-run
         // checks, and the unit's sums in registers.
@@ -598,37 +804,9 @@ impl RecordStats {
                 continue;
             }
             if let Some(samples) = samples {
-                // The bitset word of the current samples stays in a register (samples in
-                // order share words), instead of a load that waits on the previous store.
                 let seen = &mut state.seen[u * words..(u + 1) * words];
-                let (mut at, mut bits) = (usize::MAX, 0u64);
-                let mut duplicate = None;
-                for &s in &samples[i..j] {
-                    let s = s as usize;
-                    if s / 64 != at {
-                        if at != usize::MAX {
-                            seen[at] = bits;
-                        }
-                        at = s / 64;
-                        bits = seen[at];
-                    }
-                    let mask = 1u64 << (s % 64);
-                    if bits & mask != 0 {
-                        duplicate = Some(s);
-                        break;
-                    }
-                    bits |= mask;
-                }
-                if at != usize::MAX {
-                    seen[at] = bits;
-                }
-                if let Some(s) = duplicate {
-                    return Err(fail!(
-                        Value,
-                        "{}two records of unit {u}, sample {s}: each (layer, unit, sample) \
-                         must appear once (drop the duplicates, e.g. with polars unique())",
-                        state.prefix()
-                    ));
+                if let Some(s) = mark_samples(seen, &samples[i..j]) {
+                    return Err(duplicate_error(state, u, s));
                 }
             }
             if let Some(r) = values[i..j].iter().position(|x| !x.is_finite()) {
@@ -651,8 +829,127 @@ impl RecordStats {
                     .open_labels
                     .extend(labels[i..j].iter().map(|&c| c as u32));
             }
-            add_unit_run(state, u, k, &labels[i..j], &values[i..j], flags);
+            add_unit_run(&mut state.cells(u), &labels[i..j], &values[i..j], flags);
             i = j;
+        }
+        Ok(())
+    }
+
+    /// Whether the runs of a batch (several, of distinct units) can be added in parallel: no
+    /// unit repeats, and MI from the first pass stays possible (or is already given up)
+    /// through the whole batch, so the order of the runs changes nothing.
+    fn runs_are_independent(&self, layer: usize, runs: &[(usize, Range<usize>)]) -> bool {
+        let state = &self.layers[layer];
+        let mut taken = vec![false; state.n_units()];
+        for (t, (u, r)) in runs.iter().enumerate() {
+            if std::mem::replace(&mut taken[*u], true) {
+                return false;
+            }
+            if self.one_pass {
+                let continues = t == 0 && state.open == Some(*u);
+                let held = if continues {
+                    state.open_values.len()
+                } else {
+                    0
+                };
+                // The tests of `add_sums`: a unit that comes back, or a run beyond the budget,
+                // gives up the first-pass MI in the middle of the batch.
+                let back = state.closed_mi[*u].is_some() || (t > 0 && state.open == Some(*u));
+                if back || held + r.len() > self.column_budget {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// [`RecordStats::add_sums`] for runs of distinct units: each run is checked and added to
+    /// a copy of its unit's state on the rayon pool (with its MI when the run holds all of the
+    /// unit's records), and the copies are stored back in run order; the first error in
+    /// record order is reported. The same operations on each unit as run by run, so the same
+    /// bits.
+    #[allow(clippy::too_many_arguments)]
+    fn add_sums_parallel(
+        &mut self,
+        layer: usize,
+        runs: &[(usize, Range<usize>)],
+        samples: Option<&[i64]>,
+        labels: &[i64],
+        values: &[f32],
+        flags: (bool, bool, bool),
+        mo: MiOptions,
+    ) -> KernelResult<()> {
+        let state = &self.layers[layer];
+        let words = state.words;
+        let collect = self.one_pass;
+        let last = runs.len() - 1;
+        let continues = state.open == Some(runs[0].0);
+        let parts: Vec<KernelResult<RunPart>> = runs
+            .par_iter()
+            .enumerate()
+            .map_init(MiScratch::default, |scratch, (t, (u, r))| {
+                let u = *u;
+                let mut seen = Vec::new();
+                if let Some(samples) = samples {
+                    seen = state.seen[u * words..(u + 1) * words].to_vec();
+                    if let Some(s) = mark_samples(&mut seen, &samples[r.clone()]) {
+                        return Err(duplicate_error(state, u, s));
+                    }
+                }
+                let (labels, values) = (&labels[r.clone()], &values[r.clone()]);
+                if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+                    let at = samples.map_or(format!("record {} of the batch", r.start + i), |s| {
+                        format!("sample {}", s[r.start + i])
+                    });
+                    return Err(non_finite(&state.unit_label(u), values[i], &at));
+                }
+                let mut acc = UnitAcc::load(state, u);
+                add_unit_run(&mut acc.cells(), labels, values, flags);
+                // A run between two others holds all of its unit's records (the unit does not
+                // come back, or the first-pass MI is given up later): its MI now.
+                let whole = collect && t < last && !(t == 0 && continues);
+                let mi = whole.then(|| {
+                    let classes: Vec<u32> = labels.iter().map(|&c| c as u32).collect();
+                    let (lo, hi) = (acc.lo, acc.hi);
+                    unit_mutual_info(
+                        u as u64,
+                        values,
+                        &classes,
+                        lo,
+                        hi,
+                        &acc.counts,
+                        &mo,
+                        scratch,
+                    )
+                });
+                Ok(RunPart { acc, seen, mi })
+            })
+            .collect();
+        let state = &mut self.layers[layer];
+        // The bookkeeping of the open unit in run order, as `add_sums` does it run by run.
+        for (t, ((u, r), part)) in runs.iter().zip(parts).enumerate() {
+            let RunPart { acc, seen, mi } = part?;
+            acc.store(state, *u);
+            if samples.is_some() {
+                state.seen[u * words..(u + 1) * words].copy_from_slice(&seen);
+            }
+            if !collect {
+                continue;
+            }
+            if t == 0 && !continues {
+                close_open_unit(state, &mo, &mut self.scratch);
+            }
+            if t == 0 && continues || t == last {
+                state.open = Some(*u);
+                state.open_values.extend_from_slice(&values[r.clone()]);
+                let classes = labels[r.clone()].iter().map(|&c| c as u32);
+                state.open_labels.extend(classes);
+                if t < last {
+                    close_open_unit(state, &mo, &mut self.scratch);
+                }
+            } else {
+                state.closed_mi[*u] = mi;
+            }
         }
         Ok(())
     }

@@ -506,3 +506,72 @@ fn column_groups_cover_every_unit_once() {
         }
     }
 }
+
+#[test]
+fn parallel_runs_match_dense_and_keep_the_first_pass_mi() {
+    // Unit-major records with runs long enough to be added in parallel, in batches that cut
+    // runs; then unit 0's second half moved to the end (the unit comes back: the first-pass
+    // MI is given up); then a duplicate inside a run.
+    let (n, u, k) = (SUM_RUN * 8 + 123, 5, 3);
+    let (acts, labels) = data(n, u, k);
+    let unit_major = orders(&acts, &labels, n, u).swap_remove(0);
+    let samples: Vec<i64> = (0..n * u).map(|i| (i % n) as i64).collect();
+    let mut back: Vec<usize> = (0..n / 2).chain(n..n * u).collect();
+    back.extend(n / 2..n);
+    let run =
+        |o: &SummaryOptions, order: &[usize], batch: usize| -> KernelResult<(usize, UnitSummary)> {
+            let pick = |v: &[i64]| order.iter().map(|&i| v[i]).collect::<Vec<_>>();
+            let (units, samples, classes) =
+                (pick(&unit_major.0), pick(&samples), pick(&unit_major.1));
+            let values: Vec<f32> = order.iter().map(|&i| unit_major.2[i]).collect();
+            let mut stats = RecordStats::new(*o, None, usize::MAX)?;
+            let l = stats.layer_code("l");
+            let mut passes = 0;
+            loop {
+                let first = stats.wants_samples();
+                for start in (0..units.len()).step_by(batch) {
+                    let r = start..(start + batch).min(units.len());
+                    let s = first.then(|| &samples[r.clone()]);
+                    stats.add_layer(l, &units[r.clone()], s, &classes[r.clone()], &values[r])?;
+                }
+                passes += 1;
+                if !stats.next_pass()? {
+                    break;
+                }
+            }
+            Ok((passes, stats.finish()?.pop().unwrap().1))
+        };
+    let in_order: Vec<usize> = (0..n * u).collect();
+    for o in variants(k) {
+        let dense = summarize_dense(&acts, n, u, &labels, &o).unwrap();
+        for batch in [n * u, 3 * n, 2 * n + n / 3, n + 5] {
+            for threads in [1, 3] {
+                let (passes, s) = in_pool(threads, || run(&o, &in_order, batch)).unwrap();
+                assert_eq!(passes, 1, "{o:?}");
+                assert_same(&s, &dense);
+            }
+        }
+        let (passes, s) = run(&o, &back, 3 * n).unwrap();
+        assert_eq!(passes > 1, o.mutual_info.is_some(), "{o:?}");
+        assert_same(&s, &dense);
+    }
+    let mut dup = in_order.clone();
+    dup[2 * n + 100] = 2 * n + 99;
+    let err = run(&opts(k, true), &dup, 3 * n).unwrap_err().to_string();
+    assert!(err.contains("two records of unit 2, sample 99"), "{err}");
+    let mut bad = unit_major.2.clone();
+    bad[3 * n + 7] = f32::NAN;
+    let order: Vec<usize> = (0..n * u).collect();
+    let values = bad;
+    let mut stats = RecordStats::new(opts(k, false), None, usize::MAX).unwrap();
+    let l = stats.layer_code("l");
+    let err = stats
+        .add_layer(l, &unit_major.0, Some(&samples), &unit_major.1, &values)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unit 3") && err.contains("sample 7"),
+        "{err} {}",
+        order.len()
+    );
+}
