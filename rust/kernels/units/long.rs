@@ -420,9 +420,35 @@ fn add_unit_run_with<const SUMS: bool, const POS: bool, const MOMENTS: bool>(
     }
 }
 
+/// The position of the first NaN or inf value (a vectorized test of blocks first: `x * 0` is
+/// NaN exactly for non-finite `x`).
+fn first_non_finite(values: &[f32]) -> Option<usize> {
+    let finite = |block: &[f32]| block.iter().fold(0f32, |acc, &x| acc + x * 0.0) == 0.0;
+    let block = values.chunks(256).position(|b| !finite(b))?;
+    values[block * 256..]
+        .iter()
+        .position(|x| !x.is_finite())
+        .map(|i| block * 256 + i)
+}
+
 /// Marks the samples of a run of one unit in its bitset (`seen`, one bit per sample); the
 /// first sample already marked, if any.
 fn mark_samples(seen: &mut [u64], samples: &[i64]) -> Option<usize> {
+    // Consecutive samples (the layout `record` writes): whole words at a time, when none of
+    // their bits is set yet (else the record-by-record loop finds the first duplicate).
+    if samples.len() >= 128 && consecutive(samples) {
+        let (first, end) = (samples[0] as usize, samples[0] as usize + samples.len());
+        let words = first / 64..end.div_ceil(64);
+        let mask = |w: usize| {
+            let lo = first.max(w * 64) - w * 64;
+            let hi = end.min(w * 64 + 64) - w * 64;
+            (u64::MAX >> (64 - (hi - lo))) << lo
+        };
+        if words.clone().all(|w| seen[w] & mask(w) == 0) {
+            words.for_each(|w| seen[w] |= mask(w));
+            return None;
+        }
+    }
     // The bitset word of the current samples stays in a register (samples in order share
     // words), instead of a load that waits on the previous store.
     let (mut at, mut bits) = (usize::MAX, 0u64);
@@ -496,10 +522,61 @@ fn check_lengths(
     Ok(())
 }
 
-/// Smallest and largest of a non-empty slice.
-fn extremes(xs: &[i64]) -> (i64, i64) {
+/// `fn $name(x: $arg) -> $ret` calling the `#[inline(always)]` `$portable`, compiled for
+/// AVX2 where the CPU has it: scans of 64-bit integers vectorize there (SSE2 has no 64-bit
+/// compare).
+macro_rules! with_avx2 {
+    ($name:ident, $portable:ident, $arg:ty, $ret:ty) => {
+        fn $name(x: $arg) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2") {
+                #[target_feature(enable = "avx2")]
+                fn inner(x: $arg) -> $ret {
+                    $portable(x)
+                }
+                // SAFETY: the CPU supports AVX2 (checked just above).
+                return unsafe { inner(x) };
+            }
+            $portable(x)
+        }
+    };
+}
+
+#[inline(always)]
+fn fold_extremes(xs: &[i64]) -> (i64, i64) {
     xs.iter()
         .fold((i64::MAX, i64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)))
+}
+with_avx2!(block_extremes, fold_extremes, &[i64], (i64, i64));
+
+/// Whether each value is the previous one + 1 (no early exit, so it vectorizes).
+#[inline(always)]
+fn all_consecutive(xs: &[i64]) -> bool {
+    let steps = xs[1..]
+        .iter()
+        .zip(xs)
+        .map(|(&b, &a)| (b.wrapping_sub(a) != 1) as u64);
+    steps.sum::<u64>() == 0
+}
+with_avx2!(consecutive, all_consecutive, &[i64], bool);
+
+/// Labels (checked class indices) as `u32`, as the MI kernels take them.
+#[inline(always)]
+fn narrow_labels(labels: &[i64]) -> Vec<u32> {
+    labels.iter().map(|&c| c as u32).collect()
+}
+with_avx2!(labels_u32, narrow_labels, &[i64], Vec<u32>);
+
+/// Smallest and largest of a non-empty slice (on the rayon pool for a large one: a batch
+/// of a streamed file is checked three times over before its runs are added in parallel).
+fn extremes(xs: &[i64]) -> (i64, i64) {
+    const CHUNK: usize = 1 << 16;
+    if xs.len() <= CHUNK {
+        return block_extremes(xs);
+    }
+    xs.par_chunks(CHUNK)
+        .map(block_extremes)
+        .reduce(|| (i64::MAX, i64::MIN), |a, b| (a.0.min(b.0), a.1.max(b.1)))
 }
 
 /// Statistics of long-format records fed in batches over one or more passes; see the module
@@ -809,7 +886,7 @@ impl RecordStats {
                     return Err(duplicate_error(state, u, s));
                 }
             }
-            if let Some(r) = values[i..j].iter().position(|x| !x.is_finite()) {
+            if let Some(r) = first_non_finite(&values[i..j]) {
                 let at = samples.map_or(format!("record {} of the batch", i + r), |s| {
                     format!("sample {}", s[i + r])
                 });
@@ -897,7 +974,7 @@ impl RecordStats {
                     }
                 }
                 let (labels, values) = (&labels[r.clone()], &values[r.clone()]);
-                if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+                if let Some(i) = first_non_finite(values) {
                     let at = samples.map_or(format!("record {} of the batch", r.start + i), |s| {
                         format!("sample {}", s[r.start + i])
                     });
@@ -909,7 +986,7 @@ impl RecordStats {
                 // come back, or the first-pass MI is given up later): its MI now.
                 let whole = collect && t < last && !(t == 0 && continues);
                 let mi = whole.then(|| {
-                    let classes: Vec<u32> = labels.iter().map(|&c| c as u32).collect();
+                    let classes = labels_u32(labels);
                     let (lo, hi) = (acc.lo, acc.hi);
                     unit_mutual_info(
                         u as u64,
