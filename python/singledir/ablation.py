@@ -389,20 +389,19 @@ def unit_importance(
             task = bar.add_task(
                 "unit importance", total=engine.n_units * engine.batches.n_batches(), status=""
             )
+            pooled = native_chain(engine, method) if len(engine.specs) > 1 else None
+            if isinstance(pooled, MlpChain):
+                # every site in one MLP chain: one native pass for all their units
+                bar.update(task, status="all sites: native walk")
+                fills = unit_moments(engine)[0] if value == "mean" else [None] * len(engine.specs)
+                results = native_importance(engine, pooled, list(fills), bar, task)
             for k, spec in enumerate(engine.specs):
-                site_setup = engine.for_site(k)
-                fill = unit_moments(site_setup)[0][0] if value == "mean" else None
-                mlp = native_chain(site_setup, method)
-                if isinstance(mlp, MlpChain):
-                    bar.update(task, status=f"{spec.name}: native walk")
-                    correct, loss, per_class_correct = native_importance(
-                        site_setup, mlp, fill, bar, task
-                    )
+                if isinstance(pooled, MlpChain):
+                    part = slice(spec.offset, spec.offset + spec.n_units)
+                    correct, loss, per_class_correct = (r[part] for r in results)
                 else:
-                    path = importance_path(site_setup, method == "auto")[0]
-                    bar.update(task, status=f"{spec.name}: {path}")
-                    correct, loss, per_class_correct = site_importance(
-                        site_setup, fill, budget, bar, task, method == "auto"
+                    correct, loss, per_class_correct = _site_importance(
+                        engine, k, value, budget, bar, task, method
                     )
                 frames.append(
                     _importance_frame(
@@ -419,6 +418,22 @@ def unit_importance(
                     )
                 )
     return pl.concat(frames)
+
+
+def _site_importance(
+    engine: Setup, k: int, value: str, budget: int, bar: Any, task: Any, method: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Importance of site k's units, on that site's own setup (native walk or torch)."""
+    spec = engine.specs[k]
+    site_setup = engine.for_site(k)
+    fill = unit_moments(site_setup)[0][0] if value == "mean" else None
+    mlp = native_chain(site_setup, method)
+    if isinstance(mlp, MlpChain):
+        bar.update(task, status=f"{spec.name}: native walk")
+        return native_importance(site_setup, mlp, [fill], bar, task)
+    path = importance_path(site_setup, method == "auto")[0]
+    bar.update(task, status=f"{spec.name}: {path}")
+    return site_importance(site_setup, fill, budget, bar, task, method == "auto")
 
 
 def _importance_frame(

@@ -181,22 +181,26 @@ def native_curves(
 
 
 def native_importance(
-    site_setup: Setup, chain: MlpChain, fill: torch.Tensor | None, bar: Any, task: Any
+    engine: Setup, chain: MlpChain, fills: list[torch.Tensor | None], bar: Any, task: Any
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Correct counts, loss sums and per-class correct of each unit ablated alone, from the
-    native walk."""
+    """Correct counts, loss sums and per-class correct of each pooled unit of the engine's
+    sites ablated alone, from the native walk (one prefix pass per batch for all sites)."""
     native = native_walk_module()
     assert native is not None
-    spec = site_setup.specs[0]
-    fills = [np.zeros(spec.n_units, dtype=np.float32) if fill is None else fill.float().numpy()]
+    fill_arrays = [
+        np.zeros(s.n_units, dtype=np.float32) if f is None else f.float().cpu().numpy()
+        for s, f in zip(engine.specs, fills, strict=True)
+    ]
     layers = [(w.numpy(), b.numpy()) for w, b in chain.layers]
-    n = spec.n_units
+    n = engine.n_units
     correct = torch.zeros(n, dtype=torch.long)
     loss = torch.zeros(n, dtype=torch.float64)
-    per_class = torch.zeros(n, site_setup.n_classes, dtype=torch.long)
-    for x, y in site_setup.batches:
-        h0 = site_setup.runner.prefix(x).float().contiguous().numpy()
-        c, s, pc = native.mlp_importance(h0, layers, [0], fills, y.numpy(), site_setup.n_classes)
+    per_class = torch.zeros(n, engine.n_classes, dtype=torch.long)
+    for x, y in engine.batches:
+        h0 = engine.runner.prefix(x).float().contiguous().numpy()
+        c, s, pc = native.mlp_importance(
+            h0, layers, chain.site_layers, fill_arrays, y.numpy(), engine.n_classes
+        )
         correct += torch.as_tensor(c)
         loss += torch.as_tensor(s)
         per_class += torch.as_tensor(pc)
