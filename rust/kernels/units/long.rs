@@ -982,15 +982,23 @@ impl RecordStats {
                 }
                 let mut acc = UnitAcc::load(state, u);
                 add_unit_run(&mut acc.cells(), labels, values, flags);
-                // A run between two others holds all of its unit's records (the unit does not
-                // come back, or the first-pass MI is given up later): its MI now.
-                let whole = collect && t < last && !(t == 0 && continues);
-                let mi = whole.then(|| {
-                    let classes = labels_u32(labels);
+                // A run followed by another holds the rest of its unit's records (the unit does
+                // not come back, or the first-pass MI is given up later): its MI now, with the
+                // values collected before when the run continues the open unit.
+                let mi = (collect && t < last).then(|| {
                     let (lo, hi) = (acc.lo, acc.hi);
+                    let (values, classes) = if t == 0 && continues {
+                        let mut all = state.open_values.clone();
+                        all.extend_from_slice(values);
+                        let mut classes = state.open_labels.clone();
+                        classes.extend(labels_u32(labels));
+                        (std::borrow::Cow::Owned(all), classes)
+                    } else {
+                        (std::borrow::Cow::Borrowed(values), labels_u32(labels))
+                    };
                     unit_mutual_info(
                         u as u64,
-                        values,
+                        &values,
                         &classes,
                         lo,
                         hi,
@@ -1016,15 +1024,20 @@ impl RecordStats {
             if t == 0 && !continues {
                 close_open_unit(state, &mo, &mut self.scratch);
             }
-            if t == 0 && continues || t == last {
+            if t == last {
+                if !(t == 0 && continues) {
+                    state.open_values.clear();
+                    state.open_labels.clear();
+                }
                 state.open = Some(*u);
                 state.open_values.extend_from_slice(&values[r.clone()]);
-                let classes = labels[r.clone()].iter().map(|&c| c as u32);
-                state.open_labels.extend(classes);
-                if t < last {
-                    close_open_unit(state, &mo, &mut self.scratch);
-                }
+                state.open_labels.extend(labels_u32(&labels[r.clone()]));
             } else {
+                if t == 0 && continues {
+                    state.open = None;
+                    state.open_values.clear();
+                    state.open_labels.clear();
+                }
                 state.closed_mi[*u] = mi;
             }
         }
