@@ -52,7 +52,7 @@ DEFAULT_BATCH_ROWS = 20_000_000
 READ_BATCH_ROWS = 1 << 20
 
 #: Slices read ahead, concurrently, while the core works on the current one.
-READ_AHEAD = 2
+READ_AHEAD = 3
 
 #: Layer runs per batch handled as runs; beyond it (layers interleaved record by record) the
 #: layer names are mapped record by record.
