@@ -154,7 +154,7 @@ def test_property_random_chains_at_few_levels(
         y = model(x).argmax(1)
     sites = [str(i) for i, m in enumerate(model) if isinstance(m, nn.ReLU)]
     n = sum(widths)
-    lv = ablation_levels(n_levels, n)
+    lv = ablation_levels(min(n_levels, n + 1), n)
     orders = unit_orderings(n, orderings=2, seed=seed)
     # the path itself, whatever the plan would choose for these (tiny) widths
     with prepared(model, torch.device("cpu")) as dtype, torch.no_grad():
