@@ -913,10 +913,16 @@ impl RecordStats {
     }
 
     /// Whether the runs of a batch (several, of distinct units) can be added in parallel: no
-    /// unit repeats, and MI from the first pass stays possible (or is already given up)
-    /// through the whole batch, so the order of the runs changes nothing.
+    /// unit repeats, the bitsets to copy are small beside the records, and MI from the first
+    /// pass stays possible (or is already given up) through the whole batch, so the order of
+    /// the runs changes nothing.
     fn runs_are_independent(&self, layer: usize, runs: &[(usize, Range<usize>)]) -> bool {
         let state = &self.layers[layer];
+        // Each task copies its unit's duplicate bitset: at most one word per record in all.
+        let records: usize = runs.iter().map(|(_, r)| r.len()).sum();
+        if runs.len() * state.words > records {
+            return false;
+        }
         let mut taken = vec![false; state.n_units()];
         for (t, (u, r)) in runs.iter().enumerate() {
             if std::mem::replace(&mut taken[*u], true) {
