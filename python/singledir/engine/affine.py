@@ -76,6 +76,12 @@ class Chain:
     scale: torch.Tensor | None
     basis: torch.Tensor | None = None
 
+    def macs(self, out_numel: int) -> int:
+        """Multiply-adds per sample of the chain's layer producing ``out_numel`` values."""
+        weight = self.layer.weight
+        assert isinstance(weight, torch.Tensor)
+        return int(out_numel * (weight.numel() // weight.shape[0]))
+
     @property
     def is_linear(self) -> bool:
         return not isinstance(self.layer, nn.Conv1d | nn.Conv2d | nn.Conv3d)

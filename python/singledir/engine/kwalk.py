@@ -67,17 +67,11 @@ def kwalk_chains(engine: Setup) -> _Links | str:
     return _Links(chains, mids, tail)
 
 
-def _macs(chain: Chain, out_numel: int) -> float:
-    weight = chain.layer.weight
-    assert isinstance(weight, torch.Tensor)
-    return float(out_numel * (weight.numel() // weight.shape[0]))
-
-
 def kwalk_cost(engine: Setup, links: _Links) -> tuple[float, float]:
     """Rough per-sample, per-ordering work (multiply-adds) of the walk and of one stacked
     pass per level (times the level count by the caller)."""
     specs = engine.specs
-    dense = [_macs(c, int(np.prod(specs[k + 1].shape))) for k, c in enumerate(links.chains)]
+    dense = [float(c.macs(int(np.prod(specs[k + 1].shape)))) for k, c in enumerate(links.chains)]
     stacked_pass = sum(dense) + 4.0 * sum(int(np.prod(s.shape)) for s in specs[1:])
     walk = 0.0
     for k, spec in enumerate(specs):

@@ -102,18 +102,12 @@ def level_walk_links(engine: Setup) -> _Links | str:
     return _Links(layers, found.mids, found.tail)
 
 
-def _macs(chain: Chain, out_numel: int) -> float:
-    weight = chain.layer.weight
-    assert isinstance(weight, torch.Tensor)
-    return float(out_numel * (weight.numel() // weight.shape[0]))
-
-
 def level_walk_cost(engine: Setup, links: _Links, n_levels: int) -> float:
     """Rough per-sample, per-ordering work (multiply-adds) of the level walk at
     ``n_levels`` evenly spaced levels, in the units of :func:`kwalk_cost`."""
     specs = engine.specs
     numel = [int(np.prod(s.shape)) for s in specs]
-    dense = [_macs(layer.chain, numel[k + 1]) for k, layer in enumerate(links.layers)]
+    dense = [float(layer.chain.macs(numel[k + 1])) for k, layer in enumerate(links.layers)]
     kept = 1.0 - np.linspace(0.0, 1.0, max(2, n_levels))
     per_level = sum(dense[1:]) * float((kept**2).sum())
     # gathers, mids, the mean and the float64 tail per kept value (measured: about 12

@@ -296,13 +296,6 @@ def fast_path(engine: Setup, n_levels: int | None) -> FastPath | str:
     return FastPath("walk-linear" if linear else "walk", chain1, tail)
 
 
-def _layer_macs(layer: nn.Module, out_numel: int) -> int:
-    """Multiply-adds per sample of a Linear / conv layer producing ``out_numel`` values."""
-    w = layer.weight
-    assert isinstance(w, torch.Tensor)
-    return int(out_numel * (w.numel() // w.shape[0]))
-
-
 def walk_cost(engine: Setup, chain1: Chain) -> float:
     """Rough per-sample, per-ordering work of the two-site walk (element operations)."""
     s1, s2 = engine.specs
@@ -315,7 +308,7 @@ def stacked_cost(engine: Setup, chain1: Chain) -> float:
     """Rough per-sample work of one stacked mask through the suffix (element operations)."""
     s2 = engine.specs[1]
     pre = s2.n_units * int(np.prod(s2.shape[1:]))
-    return 2 * _layer_macs(chain1.layer, pre) + 4 * pre + 2 * s2.n_units * engine.n_classes
+    return 2 * chain1.macs(pre) + 4 * pre + 2 * s2.n_units * engine.n_classes
 
 
 def _kwalk_or(engine: Setup, n_levels: int | None, why_not_walk: str) -> FastPath | str:
