@@ -350,16 +350,7 @@ def engine_curves(
     the path its plan takes."""
 
     def run(k: int) -> pl.DataFrame:
-        return ablation_curves(
-            model,
-            (x, y),
-            sites,
-            orderings=k,
-            levels=levels,
-            seed=seed,
-            progress=False,
-            method=method,
-        )
+        return run_curves(model, x, y, sites, orderings=k, levels=levels, seed=seed, method=method)
 
     f1 = count_flops(lambda: run(1))
     f2 = count_flops(lambda: run(2)) if orderings > 1 else f1
@@ -423,7 +414,7 @@ def conv_minimal_work(
     return work
 
 
-def curves_seconds(
+def run_curves(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
@@ -433,10 +424,9 @@ def curves_seconds(
     levels: str | int,
     seed: int,
     method: str = "auto",
-) -> float:
-    """Wall time of one ``ablation_curves`` call."""
-    t0 = time.perf_counter()
-    ablation_curves(
+) -> pl.DataFrame:
+    """One ``ablation_curves`` call as every engine row makes it."""
+    return ablation_curves(
         model,
         (x, y),
         sites,
@@ -446,6 +436,14 @@ def curves_seconds(
         progress=False,
         method=method,
     )
+
+
+def curves_seconds(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, sites: list[str], **kw: Any
+) -> float:
+    """Wall time of one :func:`run_curves` call."""
+    t0 = time.perf_counter()
+    run_curves(model, x, y, sites, **kw)
     return time.perf_counter() - t0
 
 

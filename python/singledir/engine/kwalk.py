@@ -24,7 +24,7 @@ from singledir.engine.directions import from_coords, to_coords
 from singledir.engine.plan import Setup
 from singledir.engine.runners import ChainOp, ChainRunner
 from singledir.engine.scoring import score
-from singledir.engine.stacked import mask_edit
+from singledir.engine.stacked import mask_edit, pooled_units
 from singledir.engine.walk import run_chunks, tail_weight
 
 __all__ = ["kwalk_chains", "kwalk_cost", "kwalk_curves"]
@@ -100,11 +100,7 @@ def kwalk_curves(
     n_sites = len(specs)
     n_ord, n = orders.shape
     dev = engine.device
-    site_of = torch.zeros(n, dtype=torch.long)
-    unit_of = torch.zeros(n, dtype=torch.long)
-    for k, s in enumerate(engine.specs):
-        site_of[s.offset : s.offset + s.n_units] = k
-        unit_of[s.offset : s.offset + s.n_units] = torch.arange(s.n_units)
+    site_of, unit_of = pooled_units(engine.specs)
     wt = tail_weight(links.tail, specs[-1], fills[-1])[0].double()
     level_idx = torch.as_tensor(levels, device=dev)
     events = [

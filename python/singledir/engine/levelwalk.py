@@ -33,6 +33,7 @@ from singledir.engine.affine import Chain
 from singledir.engine.plan import Setup
 from singledir.engine.runners import ChainOp, ChainRunner
 from singledir.engine.scoring import score
+from singledir.engine.stacked import pooled_units
 from singledir.engine.walk import run_chunks, tail_affine
 
 __all__ = ["level_walk_links", "level_walk_cost", "level_walk_curves"]
@@ -197,13 +198,9 @@ def level_walk_curves(
     assert isinstance(runner, ChainRunner)
     specs = engine.specs
     n_sites = len(specs)
-    n_ord, n = orders.shape
+    n_ord = orders.shape[0]
     dev = engine.device
-    site_of = torch.empty(n, dtype=torch.long)
-    unit_of = torch.empty(n, dtype=torch.long)
-    for k, s in enumerate(specs):
-        site_of[s.offset : s.offset + s.n_units] = k
-        unit_of[s.offset : s.offset + s.n_units] = torch.arange(s.n_units)
+    site_of, unit_of = pooled_units(specs)
     wt, tail_bias, tail_fill = tail_affine(runner.ops, links.tail, specs[-1], fills[-1])
     wt, tail_bias, tail_fill = wt.double(), tail_bias.double(), tail_fill.double()
     plans = [_level_plans(orders[o], levels, site_of, unit_of, specs, dev) for o in range(n_ord)]

@@ -21,7 +21,14 @@ from singledir.errors import InputError
 from singledir.progress import make_progress
 from singledir.sites import SiteSpec
 
-__all__ = ["mask_edit", "stacked_curves", "unit_fill", "unit_moments", "ranks_of"]
+__all__ = [
+    "mask_edit",
+    "stacked_curves",
+    "unit_fill",
+    "unit_moments",
+    "ranks_of",
+    "pooled_units",
+]
 
 
 def mask_edit(
@@ -55,6 +62,17 @@ def mask_edit(
         return (view + from_coords(change, spec.basis, dim=2)).view(out.shape)
 
     return edit
+
+
+def pooled_units(specs: Sequence[SiteSpec]) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each pooled unit index: its site ``(N,)`` and its unit within the site ``(N,)``."""
+    n = sum(s.n_units for s in specs)
+    site_of = torch.empty(n, dtype=torch.long)
+    unit_of = torch.empty(n, dtype=torch.long)
+    for k, s in enumerate(specs):
+        site_of[s.offset : s.offset + s.n_units] = k
+        unit_of[s.offset : s.offset + s.n_units] = torch.arange(s.n_units)
+    return site_of, unit_of
 
 
 def ranks_of(orders: torch.Tensor) -> torch.Tensor:
