@@ -108,24 +108,17 @@ pub fn bin_codes(
     }
 }
 
-/// Appends the equal-width codes of `values` to `out`, compiled for AVX-512 where the CPU has
-/// it (the f64 to u32 conversion vectorizes there; the same IEEE operations either way).
-fn equal_width_codes(values: &[f32], binner: EqualWidthBins, out: &mut Vec<u32>) {
-    #[inline(always)]
-    fn portable(values: &[f32], binner: EqualWidthBins, out: &mut Vec<u32>) {
-        out.extend(values.iter().map(|&x| binner.code(x)));
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        #[target_feature(enable = "avx512f")]
-        fn avx512(values: &[f32], binner: EqualWidthBins, out: &mut Vec<u32>) {
-            portable(values, binner, out)
-        }
-        // SAFETY: the CPU supports AVX-512F (checked just above).
-        return unsafe { avx512(values, binner, out) };
-    }
-    portable(values, binner, out)
+#[inline(always)]
+fn push_equal_width_codes(values: &[f32], binner: EqualWidthBins, out: &mut Vec<u32>) {
+    out.extend(values.iter().map(|&x| binner.code(x)));
 }
+
+multiversion!(
+    /// Appends the equal-width codes of `values` to `out`, compiled for AVX-512 where the CPU
+    /// has it (the f64 to u32 conversion vectorizes there; the same IEEE operations either way).
+    fn equal_width_codes(values: &[f32], binner: EqualWidthBins, out: &mut Vec<u32>)
+        => push_equal_width_codes ["avx512f"]
+);
 
 /// `out[i]` = the value of rank `ranks[i] - offset` in `buf` (ranks ascending), found by
 /// recursive selection: O(n log(ranks)) instead of a full sort. The values equal those of a

@@ -55,60 +55,22 @@ struct ChunkSums {
     check: Vec<f32>,
 }
 
-/// [`chunk_sums_portable`], compiled for AVX2 where the CPU has it (the loops are the same
-/// IEEE operations, so results do not depend on the instruction set; Rust never fuses a
-/// multiply and an add).
-#[allow(clippy::too_many_arguments)]
-fn chunk_sums(
-    acts: &[f32],
-    n_units: usize,
-    u0: usize,
-    w: usize,
-    rows: Range<usize>,
-    labels: &[u32],
-    x0: &[f64],
-    opts: &SummaryOptions,
-) -> ChunkSums {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f") {
-        #[target_feature(enable = "avx512f")]
-        #[allow(clippy::too_many_arguments)]
-        fn chunk_sums_avx512(
-            acts: &[f32],
-            n_units: usize,
-            u0: usize,
-            w: usize,
-            rows: Range<usize>,
-            labels: &[u32],
-            x0: &[f64],
-            opts: &SummaryOptions,
-        ) -> ChunkSums {
-            chunk_sums_portable(acts, n_units, u0, w, rows, labels, x0, opts)
-        }
-        // SAFETY: the CPU supports AVX-512F (checked just above).
-        return unsafe { chunk_sums_avx512(acts, n_units, u0, w, rows, labels, x0, opts) };
-    }
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        #[target_feature(enable = "avx2")]
-        #[allow(clippy::too_many_arguments)]
-        fn chunk_sums_avx2(
-            acts: &[f32],
-            n_units: usize,
-            u0: usize,
-            w: usize,
-            rows: Range<usize>,
-            labels: &[u32],
-            x0: &[f64],
-            opts: &SummaryOptions,
-        ) -> ChunkSums {
-            chunk_sums_portable(acts, n_units, u0, w, rows, labels, x0, opts)
-        }
-        // SAFETY: the CPU supports AVX2 (checked just above).
-        return unsafe { chunk_sums_avx2(acts, n_units, u0, w, rows, labels, x0, opts) };
-    }
-    chunk_sums_portable(acts, n_units, u0, w, rows, labels, x0, opts)
-}
+multiversion!(
+    /// [`chunk_sums_portable`], compiled for AVX-512 or AVX2 where the CPU has them (the
+    /// loops are the same IEEE operations, so results do not depend on the instruction set;
+    /// Rust never fuses a multiply and an add).
+    #[allow(clippy::too_many_arguments)]
+    fn chunk_sums(
+        acts: &[f32],
+        n_units: usize,
+        u0: usize,
+        w: usize,
+        rows: Range<usize>,
+        labels: &[u32],
+        x0: &[f64],
+        opts: &SummaryOptions,
+    ) -> ChunkSums => chunk_sums_portable ["avx512f", "avx2"]
+);
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]

@@ -522,32 +522,13 @@ fn check_lengths(
     Ok(())
 }
 
-/// `fn $name(x: $arg) -> $ret` calling the `#[inline(always)]` `$portable`, compiled for
-/// AVX2 where the CPU has it: scans of 64-bit integers vectorize there (SSE2 has no 64-bit
-/// compare).
-macro_rules! with_avx2 {
-    ($name:ident, $portable:ident, $arg:ty, $ret:ty) => {
-        fn $name(x: $arg) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            if std::arch::is_x86_feature_detected!("avx2") {
-                #[target_feature(enable = "avx2")]
-                fn inner(x: $arg) -> $ret {
-                    $portable(x)
-                }
-                // SAFETY: the CPU supports AVX2 (checked just above).
-                return unsafe { inner(x) };
-            }
-            $portable(x)
-        }
-    };
-}
-
+// Scans of 64-bit integers vectorize with AVX2 (SSE2 has no 64-bit compare): `multiversion!`.
 #[inline(always)]
 fn fold_extremes(xs: &[i64]) -> (i64, i64) {
     xs.iter()
         .fold((i64::MAX, i64::MIN), |(lo, hi), &x| (lo.min(x), hi.max(x)))
 }
-with_avx2!(block_extremes, fold_extremes, &[i64], (i64, i64));
+multiversion!(fn block_extremes(xs: &[i64]) -> (i64, i64) => fold_extremes ["avx2"]);
 
 /// Whether each value is the previous one + 1 (no early exit, so it vectorizes).
 #[inline(always)]
@@ -558,14 +539,14 @@ fn all_consecutive(xs: &[i64]) -> bool {
         .map(|(&b, &a)| (b.wrapping_sub(a) != 1) as u64);
     steps.sum::<u64>() == 0
 }
-with_avx2!(consecutive, all_consecutive, &[i64], bool);
+multiversion!(fn consecutive(xs: &[i64]) -> bool => all_consecutive ["avx2"]);
 
 /// Labels (checked class indices) as `u32`, as the MI kernels take them.
 #[inline(always)]
 fn narrow_labels(labels: &[i64]) -> Vec<u32> {
     labels.iter().map(|&c| c as u32).collect()
 }
-with_avx2!(labels_u32, narrow_labels, &[i64], Vec<u32>);
+multiversion!(fn labels_u32(labels: &[i64]) -> Vec<u32> => narrow_labels ["avx2"]);
 
 /// Smallest and largest of a non-empty slice (on the rayon pool for a large one: a batch
 /// of a streamed file is checked three times over before its runs are added in parallel).
