@@ -143,6 +143,18 @@ def native_walk_module() -> ModuleType | None:
     return module
 
 
+def _kernel_arrays(
+    engine: Setup, chain: MlpChain, fills: list[torch.Tensor | None]
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[np.ndarray]]:
+    """The chain's (weight, bias) and each site's fill as the arrays the native walk takes."""
+    layers = [(w.numpy(), b.numpy()) for w, b in chain.layers]
+    fill_arrays = [
+        np.zeros(s.n_units, dtype=np.float32) if f is None else f.float().cpu().numpy()
+        for s, f in zip(engine.specs, fills, strict=True)
+    ]
+    return layers, fill_arrays
+
+
 def native_curves(
     engine: Setup,
     chain: MlpChain,
@@ -154,11 +166,7 @@ def native_curves(
     """Correct counts and loss sums ``(O, L)`` from the native walk, batch by batch."""
     native = native_walk_module()
     assert native is not None
-    fill_arrays = [
-        np.zeros(s.n_units, dtype=np.float32) if f is None else f.float().cpu().numpy()
-        for s, f in zip(engine.specs, fills, strict=True)
-    ]
-    layers = [(w.numpy(), b.numpy()) for w, b in chain.layers]
+    layers, fill_arrays = _kernel_arrays(engine, chain, fills)
     order_arr = orders.numpy().astype(np.int64)
     level_arr = np.asarray(levels, dtype=np.int64)
     correct = torch.zeros(orders.shape[0], len(levels), dtype=torch.long)
@@ -187,11 +195,7 @@ def native_importance(
     sites ablated alone, from the native walk (one prefix pass per batch for all sites)."""
     native = native_walk_module()
     assert native is not None
-    fill_arrays = [
-        np.zeros(s.n_units, dtype=np.float32) if f is None else f.float().cpu().numpy()
-        for s, f in zip(engine.specs, fills, strict=True)
-    ]
-    layers = [(w.numpy(), b.numpy()) for w, b in chain.layers]
+    layers, fill_arrays = _kernel_arrays(engine, chain, fills)
     n = engine.n_units
     correct = torch.zeros(n, dtype=torch.long)
     loss = torch.zeros(n, dtype=torch.float64)
