@@ -23,6 +23,7 @@ layer's input. The logits are exact up to float32 summation order.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,15 +78,16 @@ class _Links:
     tail: Chain
 
 
-def level_walk_links(engine: Setup) -> _Links | str:
-    """The links of a level walk, or why there are none."""
+def level_walk_links(engine: Setup, chains: Any = None) -> _Links | str:
+    """The links of a level walk, or why there are none; ``chains``: the K-site walk's links
+    (:func:`~singledir.engine.kwalk.kwalk_chains`) when the caller has them already."""
     from singledir.engine.kwalk import kwalk_chains
 
     if len(engine.specs) < 2:
         return "one site"
     if any(s.basis is not None for s in engine.specs):
         return "directions other than units"
-    found = kwalk_chains(engine)
+    found = kwalk_chains(engine) if chains is None else chains
     if isinstance(found, str):
         return found
     runner = engine.runner

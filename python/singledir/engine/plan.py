@@ -324,7 +324,7 @@ def _kwalk_or(engine: Setup, n_levels: int | None, why_not_walk: str) -> FastPat
         return f"{why_not_walk}; K-site walk: {links}"
     walk, per_pass = kwalk_cost(engine, links)
     passes = min(n_levels or engine.n_units + 1, segment_count(engine))
-    level_links = level_walk_links(engine)
+    level_links = level_walk_links(engine, links)
     level = (
         level_walk_cost(engine, level_links, n_levels or engine.n_units + 1)
         if not isinstance(level_links, str)
