@@ -389,7 +389,7 @@ def unit_importance(
             task = bar.add_task(
                 "unit importance", total=engine.n_units * engine.batches.n_batches(), status=""
             )
-            pooled = native_chain(engine, method) if len(engine.specs) > 1 else None
+            pooled = native_chain(engine, method)
             if isinstance(pooled, MlpChain):
                 # every site in one MLP chain: one native pass for all their units
                 bar.update(task, status="all sites: native walk")
