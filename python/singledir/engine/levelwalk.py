@@ -217,15 +217,18 @@ def level_walk_curves(
             h[:, step.padding[k]] = 0
         return h
 
-    def at_level(step: _Level, pre1: torch.Tensor, fill_terms: list) -> torch.Tensor:
+    def at_level(
+        step: _Level, pre1: torch.Tensor, fill_terms: list[torch.Tensor | None]
+    ) -> torch.Tensor:
         """Logits (float64) at one level from site 2's pre-activation."""
         h = computed(1, pre1.index_select(1, step.computed[1]), step)
         for k in range(1, n_sites - 1):
             layer = links.layers[k]
             out = step.computed[k + 1]
             pre = layer.linear(h, step.computed[k], out) + layer.constant.index_select(1, out)
-            if fill_terms[k] is not None:
-                pre = pre + fill_terms[k].index_select(1, out)
+            fill_term = fill_terms[k]
+            if fill_term is not None:
+                pre = pre + fill_term.index_select(1, out)
             h = computed(k + 1, pre, step)
         r = h.double()
         r = r.mean(dim=tuple(range(2, r.ndim))) if r.ndim > 2 else r
@@ -254,36 +257,39 @@ def level_walk_curves(
 
     first = links.layers[0]
     every = [torch.arange(s.n_units, device=dev) for s in specs]
+    # the later sites' ablated units' fills, as constant terms of the layer after each:
+    # sample-independent, so accumulated once along each ordering for every chunk
+    fill_terms: list[list[list[torch.Tensor | None]]] = []
+    for o in range(n_ord):
+        running: list[torch.Tensor | None] = [None] * n_sites
+        fill_terms.append([])
+        for step in plans[o]:
+            for k in range(1, n_sites - 1):
+                if fills[k] is None or not step.new[k].numel():
+                    continue
+                term = links.layers[k].linear(change_of(k, None, step), step.new[k], every[k + 1])
+                before = running[k]
+                running[k] = term if before is None else before + term
+            fill_terms[o].append(list(running))
 
     def work(h0: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         correct = torch.zeros(n_ord, len(levels), dtype=torch.long)
         loss = torch.zeros(n_ord, len(levels), dtype=torch.float64)
         full = first.chain.run(runner.ops, h0)
-        no_fills: list = [None] * n_sites
         # nothing ablated: the same logits for every ordering
-        unablated = at_level(plans[0][0], full, no_fills) if int(levels[0]) == 0 else None
+        unablated = at_level(plans[0][0], full, fill_terms[0][0]) if int(levels[0]) == 0 else None
         for o in range(n_ord):
             pre1 = full.clone()
-            # the fills of the later sites' ablated units, as constant terms of the layer
-            # after each (sample-independent, accumulated along the ordering)
-            fill_terms: list = list(no_fills)
             all_logits = torch.empty(
                 len(levels), h0.shape[0], wt.shape[1], dtype=torch.float64, device=dev
             )
             for li, step in enumerate(plans[o]):
                 if step.new[0].numel():
                     pre1 += first.linear(change_of(0, h0, step), step.new[0], every[1])
-                for k in range(1, n_sites - 1):
-                    if fills[k] is None or not step.new[k].numel():
-                        continue
-                    term = links.layers[k].linear(
-                        change_of(k, None, step), step.new[k], every[k + 1]
-                    )
-                    fill_terms[k] = term if fill_terms[k] is None else fill_terms[k] + term
                 if li == 0 and unablated is not None:
                     all_logits[0] = unablated
                 else:
-                    all_logits[li] = at_level(step, pre1, fill_terms)
+                    all_logits[li] = at_level(step, pre1, fill_terms[o][li])
             c, s = score(all_logits, yb)
             correct[o] += c
             loss[o] += s
