@@ -385,21 +385,21 @@ def conv_minimal_work(
     names = list(children)
     prefix = nn.Sequential(*[children[n] for n in names[: names.index(sites[0]) + 1]])
     with torch.no_grad():
-        shapes = [prefix(x[:1]).shape[1:]]
+        site_shape = prefix(x[:1]).shape[1:]
     work = float(count_flops(lambda: prefix(x)))
     convs = [children[f"conv{int(s.removeprefix('relu')) + 1}"] for s in sites[:-1]]
-    widths = [int(shapes[0][0])] + [int(c.out_channels) for c in convs]
-    positions = int(np.prod(shapes[0][1:]))  # stride 1, same padding: positions stay
-    taps = [int(np.prod(c.kernel_size)) for c in convs]
-    n = x.shape[0]
+    widths = [int(site_shape[0])] + [int(c.out_channels) for c in convs]
+    positions = int(np.prod(site_shape[1:]))  # stride 1, same padding: positions stay
     offsets = np.cumsum([0, *widths])
-    first_conv = 2.0 * n * positions * taps[0] * widths[0] * widths[1]
-    full_rest = sum(
-        2.0 * n * positions * taps[k] * widths[k] * widths[k + 1] for k in range(1, len(convs))
-    )
-    work += full_rest  # level 0
+
+    def conv_flops(k: int, c_in: int, c_out: int) -> float:
+        """The conv after site k from c_in to c_out channels, on every image."""
+        return 2.0 * x.shape[0] * positions * int(np.prod(convs[k].kernel_size)) * c_in * c_out
+
+    later = range(1, len(convs))
+    work += sum(conv_flops(k, widths[k], widths[k + 1]) for k in later)  # level 0, once
     for perm in perms:
-        work += first_conv
+        work += conv_flops(0, widths[0], widths[1])
         for level in levels:
             if level == 0:
                 continue
@@ -408,9 +408,7 @@ def conv_minimal_work(
                 widths[k] - int(((gone >= offsets[k]) & (gone < offsets[k + 1])).sum())
                 for k in range(len(widths))
             ]
-            work += sum(
-                2.0 * n * positions * taps[k] * kept[k] * kept[k + 1] for k in range(1, len(convs))
-            )
+            work += sum(conv_flops(k, kept[k], kept[k + 1]) for k in later)
     return work
 
 
