@@ -297,4 +297,4 @@ def level_walk_curves(
 
     per_sample = 4 * 3 * sum(int(np.prod(s.shape)) for s in specs) + 8 * len(levels) * wt.shape[1]
     b_chunk = max(1, min(4096, budget // max(1, per_sample)))
-    return run_chunks(engine, runner, work, b_chunk, n_ord, len(levels), progress, balance=True)
+    return run_chunks(engine, runner, work, b_chunk, n_ord, len(levels), progress, intra_op=True)

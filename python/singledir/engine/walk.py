@@ -387,25 +387,29 @@ def run_chunks(
     n_levels: int,
     progress: bool,
     balance: bool = False,
+    intra_op: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run ``work(site_output_chunk, labels_chunk)`` over sample chunks of every batch and
     sum the results (with ``balance``, chunks of at most ``b_chunk`` samples, as equal as
     possible and as many as a multiple of the workers). On CPU the chunks go to a pool of
     threads, each running single-threaded torch ops: the incremental walk is made of many
     small ops, and independent chunks scale across cores without the per-op synchronization
-    of intra-op threads (which collapses on a busy machine)."""
+    of intra-op threads (which collapses on a busy machine). With ``intra_op`` (work made of
+    a few large ops, such as the level walk's convolutions) the chunks run one after
+    another on torch's own threads instead, so per-chunk setup is not repeated per worker."""
     from concurrent.futures import ThreadPoolExecutor
 
     correct = torch.zeros(n_ord, n_levels, dtype=torch.long)
     loss = torch.zeros(n_ord, n_levels, dtype=torch.float64)
     n_batches = -(-engine.batches.count() // engine.batches.batch_size)
-    workers = _workers(engine.device)
+    workers = 1 if intra_op else _workers(engine.device)
     threads = torch.get_num_threads()
     with make_progress(quiet=None if progress else True) as bar:
         task = bar.add_task(
             "ablation curves",
             total=n_batches,
-            status=f"{n_ord} orderings x {n_levels} levels, incremental, {workers} thread(s)",
+            status=f"{n_ord} orderings x {n_levels} levels, incremental, "
+            + (f"{threads} intra-op thread(s)" if intra_op else f"{workers} thread(s)"),
         )
         pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
         try:
