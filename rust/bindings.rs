@@ -11,6 +11,7 @@ use crate::error::KernelError;
 pyo3::import_exception!(singledir.errors, InputError);
 pyo3::import_exception!(singledir.errors, ShapeError);
 pyo3::import_exception!(singledir.errors, ConfigError);
+pyo3::import_exception!(singledir.errors, DataError);
 
 impl From<KernelError> for PyErr {
     fn from(err: KernelError) -> PyErr {
@@ -18,6 +19,7 @@ impl From<KernelError> for PyErr {
             KernelError::Shape(msg) => ShapeError::new_err(msg),
             KernelError::Value(msg) | KernelError::Capacity(msg) => InputError::new_err(msg),
             KernelError::Config(msg) => ConfigError::new_err(msg),
+            KernelError::Format(msg) => DataError::new_err(msg),
         }
     }
 }
@@ -44,11 +46,12 @@ mod _core {
         IntoPyArray, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyUntypedArrayMethods,
     };
     use pyo3::prelude::*;
-    use pyo3::types::PyDict;
+    use pyo3::types::{PyBytes, PyDict};
 
     use super::{labels_slice, slice};
     use crate::kernels::mutual_info::{Binning, MiOptions};
     use crate::kernels::ordering;
+    use crate::kernels::parquet_meta;
     use crate::kernels::units::{self, NegativePolicy, RecordStats, SummaryOptions, UnitSummary};
     use crate::kernels::walk;
 
@@ -432,6 +435,26 @@ mod _core {
             r.correct.into_pyarray(py).reshape([n_orders, n_levels])?,
             r.loss_sum.into_pyarray(py).reshape([n_orders, n_levels])?,
         ))
+    }
+
+    /// The footer's length from the last 8 bytes of a parquet file.
+    #[pyfunction]
+    fn parquet_footer_length(tail: &[u8]) -> PyResult<usize> {
+        Ok(parquet_meta::footer_length(tail)?)
+    }
+
+    /// (rows, the one value of `column` when its statistics prove one) per row group.
+    #[pyfunction]
+    fn parquet_row_group_values<'py>(
+        py: Python<'py>,
+        footer: &[u8],
+        column: &str,
+    ) -> PyResult<Vec<(i64, Option<Bound<'py, PyBytes>>)>> {
+        let groups = py.detach(|| parquet_meta::row_group_stats(footer, column))?;
+        Ok(groups
+            .iter()
+            .map(|g| (g.num_rows, g.single_value().map(|v| PyBytes::new(py, v))))
+            .collect())
     }
 
     /// Single-unit importance of an MLP chain: per pooled unit, correct count, summed loss

@@ -15,6 +15,8 @@ pub enum KernelError {
     /// Input that would need an absurd amount of memory, e.g. a label of 10^12 making 10^12
     /// classes of accumulators (`InputError`, the message says how much and the fix).
     Capacity(String),
+    /// Bytes that do not follow their file format, e.g. a corrupt parquet footer (`DataError`).
+    Format(String),
 }
 
 impl KernelError {
@@ -23,7 +25,8 @@ impl KernelError {
             KernelError::Shape(m)
             | KernelError::Value(m)
             | KernelError::Config(m)
-            | KernelError::Capacity(m) => m,
+            | KernelError::Capacity(m)
+            | KernelError::Format(m) => m,
         }
     }
 }

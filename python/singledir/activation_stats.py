@@ -16,11 +16,12 @@ one more pass per group.
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
-from itertools import islice
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import accumulate, islice
 from pathlib import Path
 from typing import Any
 
@@ -134,21 +135,76 @@ def _layer_runs(batch: pl.DataFrame) -> LayerRuns:
     return list(zip(names, lengths, strict=True))
 
 
-def _read_slice(lf: pl.LazyFrame, offset: int, length: int) -> Batch:
-    """One slice of the file and its layer runs (found here, on the reader thread, while the
-    core works on the previous slice)."""
+def _row_group_layers(path: Path) -> list[tuple[int, str | None]] | None:
+    """(rows, layer) per row group of a parquet file, from its footer: the layer where the
+    group's statistics prove it holds one (min == max, no nulls), else None. None when the
+    footer cannot be read that way (then every slice decodes the layer column)."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            if size < 12:
+                return None
+            f.seek(-8, os.SEEK_END)
+            length = _core.parquet_footer_length(f.read(8))
+            if length + 12 > size:
+                return None
+            f.seek(-8 - length, os.SEEK_END)
+            groups = _core.parquet_row_group_values(f.read(length), "layer")
+    except (OSError, DataError, InputError):
+        return None
+    out: list[tuple[int, str | None]] = []
+    for rows, value in groups:
+        try:
+            out.append((rows, None if value is None else value.decode()))
+        except UnicodeDecodeError:
+            out.append((rows, None))
+    return out
+
+
+def _slice_runs(
+    groups: list[tuple[int, str | None]], starts: list[int], offset: int, length: int
+) -> LayerRuns:
+    """The layer runs of rows ``[offset, offset + length)`` from the row groups' layers, or
+    None when a group they overlap holds more than one layer (or its layer is not proven)."""
+    runs: list[tuple[str, int]] = []
+    end = offset + length
+    i = max(bisect.bisect_right(starts, offset) - 1, 0)
+    while i < len(groups) and starts[i] < end:
+        rows, layer = groups[i]
+        n = min(starts[i] + rows, end) - max(starts[i], offset)
+        if n > 0:
+            if layer is None:
+                return None
+            if runs and runs[-1][0] == layer:
+                runs[-1] = (layer, runs[-1][1] + n)
+            else:
+                runs.append((layer, n))
+        i += 1
+    return runs
+
+
+def _read_slice(lf: pl.LazyFrame, offset: int, length: int, runs: LayerRuns) -> Batch:
+    """One slice of the file and its layer runs: given (from the row groups' statistics; the
+    slice is then read without its layer column), or found here, on the reader thread, while
+    the core works on the previous slice."""
+    if runs is not None:
+        return lf.drop("layer").slice(offset, length).collect(), runs
     batch = lf.slice(offset, length).collect()
     return batch, _layer_runs(batch)
 
 
-def _batches(lf: pl.LazyFrame, with_samples: bool, where: str, from_file: bool) -> Iterator[Batch]:
+def _batches(
+    lf: pl.LazyFrame, with_samples: bool, where: str, path: Path | None
+) -> Iterator[Batch]:
     """The table in batches, projected to the columns this pass needs, integers as int64 and
     activations as float32 (no copy when the file has these types).
 
-    A file is read in slices of ``READ_BATCH_ROWS`` records (polars reads only the row
-    groups a slice covers), the next ``READ_AHEAD`` slices being read while the core works on
-    this one: a few slices in memory at most, however large the file. Other sources stream
-    through polars' batches. Each batch comes with its layer runs."""
+    A file (``path``) is read in slices of ``READ_BATCH_ROWS`` records (polars reads only the
+    row groups a slice covers), the next ``READ_AHEAD`` slices being read while the core works
+    on this one: a few slices in memory at most, however large the file. A slice whose row
+    groups each hold one layer by the file's statistics is read without the layer column
+    (decoding a string per record is a large part of reading such a file). Other sources
+    stream through polars' batches. Each batch comes with its layer runs."""
     columns = [
         pl.col("layer"),
         pl.col("unit").cast(pl.Int64),
@@ -159,24 +215,29 @@ def _batches(lf: pl.LazyFrame, with_samples: bool, where: str, from_file: bool) 
         columns.append(pl.col("sample").cast(pl.Int64))
     projected = lf.select(columns)
     try:
-        if not from_file:
+        if path is None:
             for frame in projected.collect_batches():
                 yield frame, _layer_runs(frame)
             return
         n_rows = int(lf.select(pl.len()).collect().item())
+        groups = _row_group_layers(path)
+        if groups is not None and sum(rows for rows, _ in groups) != n_rows:
+            groups = None
+        starts = list(accumulate((rows for rows, _ in groups or []), initial=0))
         offsets = iter(range(0, n_rows, READ_BATCH_ROWS))
         with ThreadPoolExecutor(READ_AHEAD) as reader:
-            pending = deque(
-                reader.submit(_read_slice, projected, offset, READ_BATCH_ROWS)
-                for offset in islice(offsets, READ_AHEAD)
-            )
+
+            def read(offset: int) -> Future[Batch]:
+                length = min(READ_BATCH_ROWS, n_rows - offset)
+                runs = None if groups is None else _slice_runs(groups, starts, offset, length)
+                return reader.submit(_read_slice, projected, offset, length, runs)
+
+            pending = deque(read(offset) for offset in islice(offsets, READ_AHEAD))
             while pending:
                 batch = pending.popleft().result()
                 following = next(offsets, None)
                 if following is not None:
-                    pending.append(
-                        reader.submit(_read_slice, projected, following, READ_BATCH_ROWS)
-                    )
+                    pending.append(read(following))
                 yield batch
     except (DataError, InputError):
         raise
@@ -188,16 +249,25 @@ def _batches(lf: pl.LazyFrame, with_samples: bool, where: str, from_file: bool) 
         ) from exc
 
 
-def _check_nulls(batch: pl.DataFrame) -> None:
+def _check_nulls(batch: pl.DataFrame, runs: LayerRuns) -> None:
     nulls = batch.null_count().row(0, named=True)
-    if nulls["layer"]:
+    if nulls.get("layer"):
         raise InputError("the activation table has rows with a null layer name: fill or drop them")
     bad = {c: n for c, n in nulls.items() if n and c != "layer"}
     if bad:
-        layer = batch.filter(pl.any_horizontal(pl.col(list(bad)).is_null()))["layer"][0]
+        row = int(batch.select(pl.any_horizontal(pl.col(list(bad)).is_null()).arg_max()).item())
+        layer = _layer_at(batch, runs, row)
         raise InputError(
             f"layer {layer!r} has null value(s) in {', '.join(bad)}: drop or fill them"
         )
+
+
+def _layer_at(batch: pl.DataFrame, runs: LayerRuns, row: int) -> str:
+    if "layer" in batch.columns:
+        return str(batch["layer"][row])
+    assert runs is not None  # a batch read without its layer column comes with its runs
+    ends = list(accumulate(n for _, n in runs))
+    return runs[bisect.bisect_right(ends, row)][0]
 
 
 def _add_batch(
@@ -281,7 +351,7 @@ def stats_from_activations(
         raise InputError(f"batch_rows must be a positive integer, got {batch_rows!r}")
     k = 0 if num_classes is None else checked_num_classes(num_classes)
     lf, where = _scan(source)
-    from_file = not isinstance(source, pl.LazyFrame | pl.DataFrame)
+    path = None if isinstance(source, pl.LazyFrame | pl.DataFrame) else Path(source)
     _check_schema(lf, where)
     stats = _core.RecordStats(
         k,
@@ -298,11 +368,11 @@ def stats_from_activations(
     while True:
         with_samples = stats.wants_samples()
         records = 0
-        for batch, runs in _batches(lf, with_samples, where, from_file):
+        for batch, runs in _batches(lf, with_samples, where, path):
             if batch.height == 0:
                 continue
             if first:
-                _check_nulls(batch)
+                _check_nulls(batch, runs)
             records += batch.height
             _add_batch(stats, batch, runs, with_samples)
         if first and records == 0:

@@ -40,6 +40,7 @@ macro_rules! multiversion {
 pub mod binning;
 pub mod mutual_info;
 pub mod ordering;
+pub mod parquet_meta;
 mod rng;
 pub mod units;
 pub mod walk;
