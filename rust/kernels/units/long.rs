@@ -11,6 +11,7 @@
 //! 3. other MI options need each unit's values together: groups of units holding at most
 //!    `column_budget` records are collected, one pass per group.
 
+use std::borrow::Cow;
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -347,32 +348,53 @@ struct RunPart {
     acc: UnitAcc,
     seen: Vec<u64>,
     mi: Option<MiUnit>,
+    /// The last run's labels as `u32` (the open unit's collected labels; empty for the others).
+    classes: Vec<u32>,
+}
+
+/// A class index as the record columns give it (`i64` from the caller, `u32` once checked).
+trait ClassIndex: Copy {
+    fn index(self) -> usize;
+}
+
+impl ClassIndex for i64 {
+    #[inline(always)]
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl ClassIndex for u32 {
+    #[inline(always)]
+    fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// Adds a run of records of one unit (checked) to its sums, in order, flushing at every
 /// [`SUM_RUN`] records of the unit: the operations of the summation rule, with the unit's
 /// running values in registers.
-fn add_unit_run(
+fn add_unit_run<L: ClassIndex>(
     cells: &mut UnitCells<'_>,
-    labels: &[i64],
+    labels: &[L],
     values: &[f32],
     (sums_on, pos_on, moments_on): (bool, bool, bool),
 ) {
     // One loop per combination of options, without branches inside.
     match (sums_on, pos_on, moments_on) {
-        (true, false, true) => add_unit_run_with::<true, false, true>(cells, labels, values),
-        (true, false, false) => add_unit_run_with::<true, false, false>(cells, labels, values),
-        (true, true, true) => add_unit_run_with::<true, true, true>(cells, labels, values),
-        (true, true, false) => add_unit_run_with::<true, true, false>(cells, labels, values),
-        (false, _, true) => add_unit_run_with::<false, false, true>(cells, labels, values),
-        (false, _, false) => add_unit_run_with::<false, false, false>(cells, labels, values),
+        (true, false, true) => add_unit_run_with::<L, true, false, true>(cells, labels, values),
+        (true, false, false) => add_unit_run_with::<L, true, false, false>(cells, labels, values),
+        (true, true, true) => add_unit_run_with::<L, true, true, true>(cells, labels, values),
+        (true, true, false) => add_unit_run_with::<L, true, true, false>(cells, labels, values),
+        (false, _, true) => add_unit_run_with::<L, false, false, true>(cells, labels, values),
+        (false, _, false) => add_unit_run_with::<L, false, false, false>(cells, labels, values),
     }
 }
 
 #[inline(always)]
-fn add_unit_run_with<const SUMS: bool, const POS: bool, const MOMENTS: bool>(
+fn add_unit_run_with<L: ClassIndex, const SUMS: bool, const POS: bool, const MOMENTS: bool>(
     cells: &mut UnitCells<'_>,
-    labels: &[i64],
+    labels: &[L],
     values: &[f32],
 ) {
     let k = cells.counts.len();
@@ -392,7 +414,7 @@ fn add_unit_run_with<const SUMS: bool, const POS: bool, const MOMENTS: bool>(
         let sums = &mut cells.run_sums[..if SUMS { k } else { 0 }];
         let pos = &mut cells.run_pos[..if POS { k } else { 0 }];
         for (&c, &x) in labels.iter().zip(values) {
-            let (c, xf) = (c as usize, x as f64);
+            let (c, xf) = (c.index(), x as f64);
             counts[c] += 1;
             if SUMS {
                 sums[c] += xf;
@@ -420,10 +442,17 @@ fn add_unit_run_with<const SUMS: bool, const POS: bool, const MOMENTS: bool>(
     }
 }
 
-/// The position of the first NaN or inf value (a vectorized test of blocks first: `x * 0` is
-/// NaN exactly for non-finite `x`).
+/// The position of the first NaN or inf value (a vectorized test of blocks first: a value is
+/// NaN or inf exactly when its exponent bits are all set; an integer test, where a float sum
+/// would be one dependent add per value).
 fn first_non_finite(values: &[f32]) -> Option<usize> {
-    let finite = |block: &[f32]| block.iter().fold(0f32, |acc, &x| acc + x * 0.0) == 0.0;
+    const EXPONENT: u32 = 0x7f80_0000;
+    let finite = |block: &[f32]| {
+        let bad = block.iter().fold(0u32, |m, &x| {
+            m | ((x.to_bits() & EXPONENT) == EXPONENT) as u32
+        });
+        bad == 0
+    };
     let block = values.chunks(256).position(|b| !finite(b))?;
     values[block * 256..]
         .iter()
@@ -434,9 +463,15 @@ fn first_non_finite(values: &[f32]) -> Option<usize> {
 /// Marks the samples of a run of one unit in its bitset (`seen`, one bit per sample); the
 /// first sample already marked, if any.
 fn mark_samples(seen: &mut [u64], samples: &[i64]) -> Option<usize> {
+    let in_order = samples.len() >= 128 && consecutive(samples);
+    mark_samples_known(seen, samples, in_order)
+}
+
+/// [`mark_samples`] for a caller that has tested whether the samples are consecutive.
+fn mark_samples_known(seen: &mut [u64], samples: &[i64], in_order: bool) -> Option<usize> {
     // Consecutive samples (the layout `record` writes): whole words at a time, when none of
     // their bits is set yet (else the record-by-record loop finds the first duplicate).
-    if samples.len() >= 128 && consecutive(samples) {
+    if in_order && samples.len() >= 128 {
         let (first, end) = (samples[0] as usize, samples[0] as usize + samples.len());
         let words = first / 64..end.div_ceil(64);
         let mask = |w: usize| {
@@ -495,13 +530,30 @@ fn unit_runs(units: &[i64], max_runs: usize) -> Option<Vec<(usize, Range<usize>)
         if runs.len() == max_runs {
             return None;
         }
-        let u = units[i];
-        let j = i + units[i..].iter().take_while(|&&v| v == u).count();
-        runs.push((u as usize, i..j));
+        let j = run_end(units, i);
+        runs.push((units[i] as usize, i..j));
         i = j;
     }
     (runs.len() >= 2).then_some(runs)
 }
+
+/// The end of the run of `units[start]` that starts at `start`: whole blocks compared
+/// without an early exit (they vectorize), then record by record.
+fn run_end(units: &[i64], start: usize) -> usize {
+    const BLOCK: usize = 64;
+    let u = units[start];
+    let mut j = start;
+    while j + BLOCK <= units.len() && all_equal(&units[j..j + BLOCK], u) {
+        j += BLOCK;
+    }
+    j + units[j..].iter().take_while(|&&v| v == u).count()
+}
+
+#[inline(always)]
+fn equal_to(xs: &[i64], v: i64) -> bool {
+    xs.iter().map(|&x| (x != v) as u64).sum::<u64>() == 0
+}
+multiversion!(fn all_equal(xs: &[i64], v: i64) -> bool => equal_to ["avx2"]);
 
 /// The record columns have one length.
 fn check_lengths(
@@ -541,12 +593,36 @@ fn all_consecutive(xs: &[i64]) -> bool {
 }
 multiversion!(fn consecutive(xs: &[i64]) -> bool => all_consecutive ["avx2"]);
 
-/// Labels (checked class indices) as `u32`, as the MI kernels take them.
+/// The labels as `u32` in `out` when every one is a class index below `k` (else false): the
+/// range test and the narrowing of a block while it is in cache.
 #[inline(always)]
-fn narrow_labels(labels: &[i64]) -> Vec<u32> {
-    labels.iter().map(|&c| c as u32).collect()
+fn narrow_labels_below(labels: &[i64], k: usize, out: &mut Vec<u32>) -> bool {
+    out.clear();
+    for block in labels.chunks(1024) {
+        // Negative labels are huge as u64, so one test covers both ends.
+        let top = block.iter().fold(0u64, |m, &c| m.max(c as u64));
+        if top >= k as u64 {
+            return false;
+        }
+        out.extend(block.iter().map(|&c| c as u32));
+    }
+    true
 }
-multiversion!(fn labels_u32(labels: &[i64]) -> Vec<u32> => narrow_labels ["avx2"]);
+multiversion!(fn labels_u32_below(labels: &[i64], k: usize, out: &mut Vec<u32>) -> bool => narrow_labels_below ["avx2"]);
+
+/// Buffers of a parallel run task.
+#[derive(Default)]
+struct RunScratch {
+    mi: MiScratch,
+    classes: Vec<u32>,
+}
+
+thread_local! {
+    /// Each pool thread's [`RunScratch`], kept from batch to batch: buffers made afresh for
+    /// every run page-faulted their memory in again (half the page faults of a streamed file).
+    /// Nothing a task runs while it holds them uses the pool (no re-entry).
+    static RUN_SCRATCH: std::cell::RefCell<RunScratch> = std::cell::RefCell::default();
+}
 
 /// Smallest and largest of a non-empty slice (on the rayon pool for a large one: a batch
 /// of a streamed file is checked three times over before its runs are added in parallel).
@@ -819,15 +895,11 @@ impl RecordStats {
         labels: &[i64],
         values: &[f32],
     ) -> KernelResult<()> {
-        self.prepare(layer, units, samples, labels)?;
         let (sums_on, pos_on, moments_on) = (
             self.opts.class_sums(),
             self.opts.clipped_sums(),
             self.opts.moments,
         );
-        let state = &mut self.layers[layer];
-        let k = state.tot.k;
-        let words = state.words;
         let mut collect = self.one_pass;
         let mo = self.opts.mutual_info.unwrap_or(MiOptions {
             bins: 2,
@@ -838,18 +910,38 @@ impl RecordStats {
         });
         let flags = (sums_on, pos_on, moments_on);
         let n = units.len();
-        if let Some(runs) = unit_runs(units, n / PARALLEL_MIN_RUN) {
-            if self.runs_are_independent(layer, &runs) {
-                return self.add_sums_parallel(layer, &runs, samples, labels, values, flags, mo);
+        let runs = unit_runs(units, n / PARALLEL_MIN_RUN);
+        // Runs of distinct units: the units' range from the runs, the labels' and samples'
+        // inside the parallel tasks, on data they read anyway (three scans of the batch
+        // fewer). A batch found out of range takes `prepare`, which grows the state or names
+        // the error, in its order of checks.
+        if let Some(runs) = &runs {
+            if self.prepare_run_units(layer, runs) && self.runs_are_independent(layer, runs) {
+                let added =
+                    self.add_sums_parallel(layer, runs, samples, labels, values, flags, mo)?;
+                if added {
+                    return Ok(());
+                }
             }
         }
+        self.prepare(layer, units, samples, labels)?;
+        if let Some(runs) = &runs {
+            if self.runs_are_independent(layer, runs) {
+                let added =
+                    self.add_sums_parallel(layer, runs, samples, labels, values, flags, mo)?;
+                debug_assert!(added, "prepare makes every range fit");
+                return Ok(());
+            }
+        }
+        let k = self.layers[layer].tot.k;
+        let words = self.layers[layer].words;
         let state = &mut self.layers[layer];
         let mut i = 0;
         // Runs of one unit (a whole batch of them in the layout `record` writes): per-run
         // checks, and the unit's sums in registers.
         while i < n {
             let u = units[i] as usize;
-            let j = i + units[i..].iter().take_while(|&&v| v as usize == u).count();
+            let j = run_end(units, i);
             if j == i + 1 && !collect && samples.is_none() {
                 // A lone record (units interleaved): the direct update, without run set-up.
                 let (c, x) = (labels[i] as usize, values[i]);
@@ -893,6 +985,28 @@ impl RecordStats {
         Ok(())
     }
 
+    /// The state holds the units of `runs` (grown when the units are new and in range): false
+    /// when `prepare` must look at the batch (a negative or refused unit, or a size the
+    /// capacity check refuses).
+    fn prepare_run_units(&mut self, layer: usize, runs: &[(usize, Range<usize>)]) -> bool {
+        let (lo, hi) = runs.iter().fold((i64::MAX, i64::MIN), |(lo, hi), (u, _)| {
+            (lo.min(*u as i64), hi.max(*u as i64))
+        });
+        if lo < 0 || self.fixed_units.is_some_and(|n| hi as u64 >= n as u64) {
+            return false;
+        }
+        let k = self.opts.n_classes as u128;
+        let state = &mut self.layers[layer];
+        if hi as usize >= state.n_units() {
+            let cells = (hi as u128 + 1) * (k + 1);
+            if check_capacity(cells, CELL_BYTES, "", "").is_err() {
+                return false;
+            }
+            state.grow_units(hi as usize + 1);
+        }
+        true
+    }
+
     /// Whether the runs of a batch (several, of distinct units) can be added in parallel: no
     /// unit repeats, the bitsets to copy are small beside the records, and MI from the first
     /// pass stays possible (or is already given up) through the whole batch, so the order of
@@ -931,7 +1045,8 @@ impl RecordStats {
     /// a copy of its unit's state on the rayon pool (with its MI when the run holds all of the
     /// unit's records), and the copies are stored back in run order; the first error in
     /// record order is reported. The same operations on each unit as run by run, so the same
-    /// bits.
+    /// bits. Each task first checks that its labels are below the class count and its samples
+    /// inside the duplicate bitsets: false (nothing added) when one is not, for `prepare`.
     #[allow(clippy::too_many_arguments)]
     fn add_sums_parallel(
         &mut self,
@@ -942,65 +1057,109 @@ impl RecordStats {
         values: &[f32],
         flags: (bool, bool, bool),
         mo: MiOptions,
-    ) -> KernelResult<()> {
+    ) -> KernelResult<bool> {
         let state = &self.layers[layer];
-        let words = state.words;
+        let (k, words) = (state.tot.k, state.words);
         let collect = self.one_pass;
         let last = runs.len() - 1;
         let continues = state.open == Some(runs[0].0);
-        let parts: Vec<KernelResult<RunPart>> = runs
+        let parts: Vec<KernelResult<Option<RunPart>>> = runs
             .par_iter()
             .enumerate()
-            .map_init(MiScratch::default, |scratch, (t, (u, r))| {
-                let u = *u;
-                let mut seen = Vec::new();
-                if let Some(samples) = samples {
-                    seen = state.seen[u * words..(u + 1) * words].to_vec();
-                    if let Some(s) = mark_samples(&mut seen, &samples[r.clone()]) {
-                        return Err(duplicate_error(state, u, s));
+            .map(|(t, (u, r))| {
+                RUN_SCRATCH.with_borrow_mut(|scratch| {
+                    let RunScratch {
+                        mi: mi_scratch,
+                        classes,
+                    } = scratch;
+                    let u = *u;
+                    let (labels, values) = (&labels[r.clone()], &values[r.clone()]);
+                    // The ranges first, as `prepare` checks them before anything else.
+                    if !labels_u32_below(labels, k, classes) {
+                        return Ok(None);
                     }
-                }
-                let (labels, values) = (&labels[r.clone()], &values[r.clone()]);
-                if let Some(i) = first_non_finite(values) {
-                    let at = samples.map_or(format!("record {} of the batch", r.start + i), |s| {
-                        format!("sample {}", s[r.start + i])
+                    let mut seen = Vec::new();
+                    if let Some(samples) = samples.map(|s| &s[r.clone()]) {
+                        let in_order = consecutive(samples);
+                        let (lo, hi) = if in_order {
+                            (samples[0], samples[samples.len() - 1])
+                        } else {
+                            block_extremes(samples)
+                        };
+                        if lo < 0 || hi as u64 >= (words * 64) as u64 {
+                            return Ok(None);
+                        }
+                        seen = state.seen[u * words..(u + 1) * words].to_vec();
+                        if let Some(s) = mark_samples_known(&mut seen, samples, in_order) {
+                            return Err(duplicate_error(state, u, s));
+                        }
+                    }
+                    if let Some(i) = first_non_finite(values) {
+                        let at = samples
+                            .map_or(format!("record {} of the batch", r.start + i), |s| {
+                                format!("sample {}", s[r.start + i])
+                            });
+                        return Err(non_finite(&state.unit_label(u), values[i], &at));
+                    }
+                    let mut acc = UnitAcc::load(state, u);
+                    add_unit_run(&mut acc.cells(), classes, values, flags);
+                    // A run followed by another holds the rest of its unit's records (the unit
+                    // does not come back, or the first-pass MI is given up later): its MI now,
+                    // with the values collected before when the run continues the open unit.
+                    let mi = (collect && t < last).then(|| {
+                        let (lo, hi) = (acc.lo, acc.hi);
+                        let (values, classes) = if t == 0 && continues {
+                            let mut all = state.open_values.clone();
+                            all.extend_from_slice(values);
+                            let mut all_classes = state.open_labels.clone();
+                            all_classes.extend_from_slice(classes);
+                            (Cow::Owned(all), Cow::Owned(all_classes))
+                        } else {
+                            (Cow::Borrowed(values), Cow::Borrowed(&classes[..]))
+                        };
+                        unit_mutual_info(
+                            u as u64,
+                            &values,
+                            &classes,
+                            lo,
+                            hi,
+                            &acc.counts,
+                            &mo,
+                            mi_scratch,
+                        )
                     });
-                    return Err(non_finite(&state.unit_label(u), values[i], &at));
-                }
-                let mut acc = UnitAcc::load(state, u);
-                add_unit_run(&mut acc.cells(), labels, values, flags);
-                // A run followed by another holds the rest of its unit's records (the unit does
-                // not come back, or the first-pass MI is given up later): its MI now, with the
-                // values collected before when the run continues the open unit.
-                let mi = (collect && t < last).then(|| {
-                    let (lo, hi) = (acc.lo, acc.hi);
-                    let (values, classes) = if t == 0 && continues {
-                        let mut all = state.open_values.clone();
-                        all.extend_from_slice(values);
-                        let mut classes = state.open_labels.clone();
-                        classes.extend(labels_u32(labels));
-                        (std::borrow::Cow::Owned(all), classes)
+                    // The last run's labels stay with the open unit.
+                    let classes = if t == last {
+                        classes.clone()
                     } else {
-                        (std::borrow::Cow::Borrowed(values), labels_u32(labels))
+                        Vec::new()
                     };
-                    unit_mutual_info(
-                        u as u64,
-                        &values,
-                        &classes,
-                        lo,
-                        hi,
-                        &acc.counts,
-                        &mo,
-                        scratch,
-                    )
-                });
-                Ok(RunPart { acc, seen, mi })
+                    Ok(Some(RunPart {
+                        acc,
+                        seen,
+                        mi,
+                        classes,
+                    }))
+                })
             })
             .collect();
+        // Nothing is stored when a range does not fit (whatever else went wrong: `prepare`
+        // reports range errors first).
+        if parts.iter().any(|p| matches!(p, Ok(None))) {
+            return Ok(false);
+        }
         let state = &mut self.layers[layer];
         // The bookkeeping of the open unit in run order, as `add_sums` does it run by run.
         for (t, ((u, r), part)) in runs.iter().zip(parts).enumerate() {
-            let RunPart { acc, seen, mi } = part?;
+            let Some(RunPart {
+                acc,
+                seen,
+                mi,
+                classes,
+            }) = part?
+            else {
+                unreachable!("checked above");
+            };
             acc.store(state, *u);
             if samples.is_some() {
                 state.seen[u * words..(u + 1) * words].copy_from_slice(&seen);
@@ -1018,7 +1177,7 @@ impl RecordStats {
                 }
                 state.open = Some(*u);
                 state.open_values.extend_from_slice(&values[r.clone()]);
-                state.open_labels.extend(labels_u32(&labels[r.clone()]));
+                state.open_labels.extend_from_slice(&classes);
             } else {
                 if t == 0 && continues {
                     state.open = None;
@@ -1028,7 +1187,7 @@ impl RecordStats {
                 state.closed_mi[*u] = mi;
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Checks that a later pass sees records the first pass accepted.
