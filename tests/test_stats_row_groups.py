@@ -15,6 +15,7 @@ import pytest
 import singledir as sd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from long_records import records
 from singledir import _core, activation_stats
 from singledir.errors import DataError, InputError
 
@@ -22,24 +23,15 @@ SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[Healt
 
 
 def long_table(widths: dict[str, int], n: int, k: int, seed: int) -> pl.DataFrame:
-    """Records in the order `singledir record` writes (layer, unit, sample), activity >= 0."""
+    """Records of layers of these widths over `n` samples (every class present), activity
+    >= 0, in the order `singledir record` writes."""
     rng = np.random.default_rng(seed)
-    y = rng.permutation(np.arange(n) % k)  # every class present (n >= k)
-    frames = []
-    for name, width in widths.items():
-        a = np.maximum(rng.normal(size=(n, width)) + rng.random((k, width))[y], 0)
-        frames.append(
-            pl.DataFrame(
-                {
-                    "layer": name,
-                    "unit": np.repeat(np.arange(width), n),
-                    "sample": np.tile(np.arange(n), width),
-                    "label": np.tile(y, width),
-                    "activation": pl.Series(a.T.ravel(), dtype=pl.Float32),
-                }
-            )
-        )
-    return pl.concat(frames)
+    y = rng.permutation(np.arange(n) % k)
+    arrays = {
+        name: np.maximum(rng.normal(size=(n, width)) + rng.random((k, width))[y], 0)
+        for name, width in widths.items()
+    }
+    return records({name: a.astype(np.float32) for name, a in arrays.items()}, y)
 
 
 def expected_groups(table: pl.DataFrame, rows: list[int]) -> list[tuple[int, str | None]]:

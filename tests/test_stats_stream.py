@@ -18,6 +18,7 @@ import pytest
 import singledir as sd
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from long_records import records
 from singledir import _core, activation_stats
 from singledir.errors import InputError, ShapeError
 
@@ -36,25 +37,6 @@ def layer_arrays(n: int, k: int, seed: int) -> tuple[dict[str, np.ndarray], np.n
         a = rng.normal(size=(n, width)).astype(np.float32) + 2 * tuning[y]
         arrays[name] = np.maximum(a, 0) if i != 1 else a  # fc1 has negative activity
     return arrays, y
-
-
-def records(arrays: dict[str, np.ndarray], y: np.ndarray) -> pl.DataFrame:
-    """Long records in the order `singledir record` writes: layer, unit, sample."""
-    frames = []
-    for name, a in arrays.items():
-        n, width = a.shape
-        frames.append(
-            pl.DataFrame(
-                {
-                    "layer": name,
-                    "unit": np.repeat(np.arange(width), n),
-                    "sample": np.tile(np.arange(n), width),
-                    "label": np.tile(y, width),
-                    "activation": pl.Series(a.T.ravel(), dtype=pl.Float32),
-                }
-            )
-        )
-    return pl.concat(frames)
 
 
 def dense_reference(arrays, y, **kwargs) -> pl.DataFrame:
