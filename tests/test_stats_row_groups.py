@@ -61,6 +61,31 @@ def test_footer_gives_each_row_groups_rows_and_single_layer(tmp_path, row_group_
         assert groups[0][1] is None
 
 
+def pyarrow_groups(path: Path) -> list[tuple[int, str | None]]:
+    """The same from pyarrow's reading of the footer (an independent parquet reader)."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    meta = pq.ParquetFile(path).metadata
+    names = [meta.schema.column(j).name for j in range(meta.num_columns)]
+    out = []
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        stats = group.column(names.index("layer")).statistics
+        proven = (
+            stats is not None and stats.has_min_max and stats.null_count == 0
+        ) and stats.min == stats.max
+        out.append((group.num_rows, stats.min if proven else None))
+    return out
+
+
+@pytest.mark.parametrize("row_group_size", [300, 1000, 4096])
+@pytest.mark.parametrize("statistics", [True, False])
+def test_footer_reader_agrees_with_pyarrow(tmp_path, row_group_size, statistics):
+    table = long_table({"a": 3, "bb": 2, "layer-name-longer-than-twelve-bytes": 4}, 700, 3, 4)
+    path = tmp_path / "acts.parquet"
+    table.write_parquet(path, row_group_size=row_group_size, statistics=statistics)
+    assert activation_stats._row_group_layers(path) == pyarrow_groups(path)
+
+
 def test_footer_statistics_absent_or_unprovable(tmp_path):
     table = long_table({"a": 2, "b": 2}, 600, 2, seed=1)
     plain = tmp_path / "nostats.parquet"
