@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from singledir import list_sites, noise_curves, record_activation_arrays, unit_importance
-from singledir.ablation import ablation_curves, ablation_levels, ablation_plan, unit_orderings
+from singledir.ablation import (
+    ablation_curves,
+    ablation_curves_with_plan,
+    ablation_levels,
+    ablation_plan,
+    unit_orderings,
+)
 from singledir.engine.mlp_chain import chain_logits, mlp_chain, native_walk_module
 from singledir.engine.plan import setup
 from singledir.engine.scoring import seed_for
@@ -146,10 +152,11 @@ def _check_curves(
     with torch.no_grad():
         y = model.eval()(x).argmax(1)
     kw = dict(directions=directions, unit_dim=unit_dim, method=method)
-    df = ablation_curves(
+    df, followed = ablation_curves_with_plan(
         model, (x, y), layers, orderings=orderings, levels=levels, value=value, progress=False, **kw
     )
     plan = ablation_plan(model, (x, y), layers, levels=levels, **kw)
+    assert followed == plan  # the plan a run reports is the one ablation_plan predicts
     engine = setup(
         model,
         (x, y),

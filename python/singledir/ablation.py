@@ -257,6 +257,87 @@ def ablation_curves(
         One row per (ordering, level): ``ordering``, ``n_ablated``, ``fraction_ablated``
         (``n_ablated / N``), ``accuracy``, ``loss`` (mean cross-entropy), ``seed``.
     """
+    return _curves_and_plan(
+        model,
+        data,
+        layers,
+        orderings=orderings,
+        levels=levels,
+        order=order,
+        scores=scores,
+        value=value,
+        directions=directions,
+        unit_dim=unit_dim,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        memory_budget_mb=memory_budget_mb,
+        progress=progress,
+        method=method,
+    )[0]
+
+
+def ablation_curves_with_plan(
+    model: nn.Module,
+    data: Any,
+    layers: str | Sequence[str] = "all",
+    *,
+    orderings: int = 10,
+    levels: int | str | Sequence[int] = "all",
+    order: str = "random",
+    scores: Any = None,
+    value: str = "zero",
+    directions: Directions = "units",
+    unit_dim: UnitDim = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    memory_budget_mb: float | None = None,
+    progress: bool = True,
+    method: str = "auto",
+) -> tuple[pl.DataFrame, Plan]:
+    """:func:`ablation_curves` and the :class:`~singledir.engine.plan.Plan` it followed (the
+    path the run took, for reports: no second setup to ask for it)."""
+    return _curves_and_plan(
+        model,
+        data,
+        layers,
+        orderings=orderings,
+        levels=levels,
+        order=order,
+        scores=scores,
+        value=value,
+        directions=directions,
+        unit_dim=unit_dim,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        memory_budget_mb=memory_budget_mb,
+        progress=progress,
+        method=method,
+    )
+
+
+def _curves_and_plan(
+    model: nn.Module,
+    data: Any,
+    layers: str | Sequence[str] = "all",
+    *,
+    orderings: int = 10,
+    levels: int | str | Sequence[int] = "all",
+    order: str = "random",
+    scores: Any = None,
+    value: str = "zero",
+    directions: Directions = "units",
+    unit_dim: UnitDim = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    device: str | torch.device | None = None,
+    memory_budget_mb: float | None = None,
+    progress: bool = True,
+    method: str = "auto",
+) -> tuple[pl.DataFrame, Plan]:
+    # the body of both: each public function is one frame above it (warnings point past it)
     dev = resolve_device(device)
     _check_order(order, scores)
     with prepared(model, dev) as dtype, torch.no_grad():
@@ -272,7 +353,7 @@ def ablation_curves(
             directions=directions,
             seed=seed,
         )
-        warn_slow_path(engine, method)
+        warn_slow_path(engine, method, stacklevel=4)
         level_counts = ablation_levels(levels, engine.n_units)
         pooled = _pooled_scores(scores, engine.specs) if order != "random" else None
         orders = unit_orderings(
@@ -305,7 +386,7 @@ def ablation_curves(
         n_samples = engine.batches.count()
     n_ord = orders.shape[0]
     n_lv = len(level_counts)
-    return pl.DataFrame(
+    curves = pl.DataFrame(
         {
             "ordering": np.repeat(np.arange(n_ord, dtype=np.int64), n_lv),
             "n_ablated": np.tile(level_counts, n_ord).astype(np.int64),
@@ -317,6 +398,7 @@ def ablation_curves(
             "seed": np.full(n_ord * n_lv, int(seed), dtype=np.int64),
         }
     )
+    return curves, plan
 
 
 # ---------------------------------------------------------------------------- importance

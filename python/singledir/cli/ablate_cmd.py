@@ -101,7 +101,7 @@ def ablate(
     import numpy as np
     from rich.text import Text
 
-    from singledir.ablation import ablation_curves, ablation_levels
+    from singledir.ablation import ablation_curves_with_plan, ablation_levels
     from singledir.cli import render
     from singledir.curves import ablation_auc, summarize_curves
     from singledir.errors import DataError
@@ -145,7 +145,7 @@ def ablate(
         device=device,
         progress=not quiet,
     )
-    curves = ablation_curves(
+    curves, plan = ablation_curves_with_plan(
         model,
         data,
         sites,
@@ -161,18 +161,6 @@ def ablate(
         unit_dim=unit_axes,
         directions=chosen_directions,
         progress=not quiet,
-    )
-    from singledir.ablation import ablation_plan
-
-    plan = ablation_plan(
-        model,
-        data,
-        sites,
-        levels=level_arg,
-        directions=chosen_directions,
-        unit_dim=unit_axes,
-        seed=seed,
-        device=device,
     )
     auc_rows = ablation_auc(curves, per_ordering=True)
     assert not isinstance(auc_rows, float)  # per_ordering=True: one row per ordering

@@ -147,11 +147,12 @@ def prepared(model: nn.Module, device: torch.device) -> Iterator[torch.dtype]:
         model.to(old_device)
 
 
-def warn_slow_path(engine: Setup, method: str) -> None:
+def warn_slow_path(engine: Setup, method: str, stacklevel: int = 3) -> None:
     """One :class:`SlowPathWarning` at the caller's caller (the user's call of a public
-    function) when the model fell back to hooks without ``method="hooks"`` asked for."""
+    function; ``stacklevel`` 4 from a function one frame below the public one) when the model
+    fell back to hooks without ``method="hooks"`` asked for."""
     if engine.runner.kind == "hooks" and method != "hooks":
-        warnings.warn(engine.runner_reason, SlowPathWarning, stacklevel=3)
+        warnings.warn(engine.runner_reason, SlowPathWarning, stacklevel=stacklevel)
 
 
 def memory_budget_bytes(memory_budget_mb: float | None, device: torch.device) -> int:
