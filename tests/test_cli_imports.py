@@ -61,3 +61,28 @@ def test_python_dash_m_runs_the_cli() -> None:
     )
     assert run.returncode == 0, run.stderr
     assert "Usage: python -m singledir" in " ".join(run.stdout.split())
+
+
+def test_one_command_imports_its_module_only() -> None:
+    # A run of one command registers (and imports) that command alone; `--help` of the
+    # program lists every command.
+    from singledir.cli.app import COMMANDS
+
+    modules = [f"singledir.cli.{module}" for module, _ in COMMANDS.values()]
+    for name, (module, _) in COMMANDS.items():
+        code = (
+            f"import sys\nsys.argv = ['singledir', {name!r}, '--help']\n"
+            "from singledir.cli.app import main\ntry:\n    main()\nexcept SystemExit:\n    pass\n"
+            f"print('MODULES=' + ','.join(m for m in {modules!r} if m in sys.modules))"
+        )
+        run = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+        )
+        assert f"Usage: singledir {name}" in " ".join(run.stdout.split()), name
+        line = [t for t in run.stdout.splitlines() if t.startswith("MODULES=")][-1]
+        assert line.removeprefix("MODULES=").split(",") == [f"singledir.cli.{module}"], name
+    listing = subprocess.run(
+        [sys.executable, "-m", "singledir", "--help"], capture_output=True, text=True, timeout=120
+    ).stdout
+    for name in COMMANDS:
+        assert name in listing, name
