@@ -280,3 +280,16 @@ def test_errors_inside_parallel_runs_name_the_record(column, at, value, n_classe
     arrays[column][at] = value
     with pytest.raises(InputError, match=message):
         summary_of([tuple(arrays)], n_classes=n_classes)
+
+
+@pytest.mark.parametrize("dictionary", [True, False])
+def test_files_pyarrow_writes(tmp_path, dictionary):
+    # Another writer: pyarrow's footers (its own statistics fields and encodings).
+    pq = pytest.importorskip("pyarrow.parquet")
+    table = long_table({"a": 3, "b": 2, "c": 4}, 500, 3, seed=5)
+    path = tmp_path / "acts.parquet"
+    pq.write_table(table.to_arrow(), path, row_group_size=500, use_dictionary=dictionary)
+    groups = activation_stats._row_group_layers(path)
+    assert groups == expected_groups(table, [500] * 9)
+    assert all(layer is not None for _, layer in groups)
+    assert sd.stats_from_activations(path).equals(sd.stats_from_activations(table))
