@@ -144,6 +144,17 @@ fn chunk_sums_portable(
     p
 }
 
+/// Units whose accumulators [`add_tile`] keeps in registers together.
+const LANES: usize = 16;
+
+/// A block of [`LANES`] values (the slice has that length).
+#[inline(always)]
+fn lanes<T: Copy + Default>(xs: &[T]) -> [T; LANES] {
+    let mut out = [T::default(); LANES];
+    out.copy_from_slice(xs);
+    out
+}
+
 /// Rows of one class added together by [`add_tile`]: their accumulators are loaded and stored
 /// once per tile (in registers between), and the tile's rows are read as parallel streams.
 const TILE_ROWS: usize = 8;
@@ -162,6 +173,7 @@ struct ClassCells<'a> {
 #[inline(always)]
 fn add_tile<const G: usize, const SUMS: bool, const POS: bool, const MAX: bool>(
     rows: [&[f32]; G],
+    ahead: &[&[f32]],
     cells: &mut ClassCells<'_>,
 ) {
     let w = cells.lo.len();
@@ -172,7 +184,69 @@ fn add_tile<const G: usize, const SUMS: bool, const POS: bool, const MAX: bool>(
     let sums = &mut cells.sums[..if SUMS { w } else { 0 }];
     let pos = &mut cells.pos[..if POS { w } else { 0 }];
     let check = &mut cells.check[..if SUMS { 0 } else { w }];
-    for u in 0..w {
+    // Blocks of LANES units: their accumulators are independent chains of adds (each unit's
+    // rows stay in row order, the same bits), so several vector adds run at once instead of
+    // one chain waiting on each add's latency.
+    let blocks = w / LANES;
+    for b in 0..blocks {
+        let at = b * LANES..(b + 1) * LANES;
+        // The next tile's rows, one cache line per block: a steady stream of prefetches as
+        // far ahead as one tile (a burst of whole rows at once would overflow the queue).
+        for r in ahead {
+            prefetch(r, at.start, 1);
+        }
+        let mut l: [f32; LANES] = lanes(&lo[at.clone()]);
+        let mut h: [f32; LANES] = if MAX {
+            lanes(&hi[at.clone()])
+        } else {
+            [0.0; LANES]
+        };
+        let mut s: [f64; LANES] = if SUMS {
+            lanes(&sums[at.clone()])
+        } else {
+            [0.0; LANES]
+        };
+        let mut q: [f64; LANES] = if POS {
+            lanes(&pos[at.clone()])
+        } else {
+            [0.0; LANES]
+        };
+        let mut z: [f32; LANES] = if SUMS {
+            [0.0; LANES]
+        } else {
+            lanes(&check[at.clone()])
+        };
+        for row in &rows {
+            let x: [f32; LANES] = lanes(&row[at.clone()]);
+            for i in 0..LANES {
+                l[i] = if x[i] < l[i] { x[i] } else { l[i] };
+                if MAX {
+                    h[i] = if x[i] > h[i] { x[i] } else { h[i] };
+                }
+                if SUMS {
+                    s[i] += x[i] as f64;
+                } else {
+                    z[i] += x[i] * 0.0;
+                }
+                if POS {
+                    q[i] += (x[i] as f64).max(0.0);
+                }
+            }
+        }
+        lo[at.clone()].copy_from_slice(&l);
+        if MAX {
+            hi[at.clone()].copy_from_slice(&h);
+        }
+        if SUMS {
+            sums[at.clone()].copy_from_slice(&s);
+        } else {
+            check[at.clone()].copy_from_slice(&z);
+        }
+        if POS {
+            pos[at].copy_from_slice(&q);
+        }
+    }
+    for u in blocks * LANES..w {
         let mut l = lo[u];
         let mut h = if MAX { hi[u] } else { 0.0 };
         let mut s = if SUMS { sums[u] } else { 0.0 };
@@ -218,29 +292,46 @@ fn add_class_rows<const SUMS: bool, const POS: bool, const MAX: bool>(
     n_units: usize,
     u0: usize,
     class_rows: &[usize],
+    after: &[usize],
     cells: &mut ClassCells<'_>,
 ) {
     let w = cells.lo.len();
     let row = |r: usize| &acts[r * n_units + u0..r * n_units + u0 + w];
-    let mut rest = class_rows;
-    while rest.len() >= TILE_ROWS {
-        for &r in rest[TILE_ROWS..].iter().take(TILE_ROWS) {
-            prefetch(acts, r * n_units + u0, w);
+    // The rows of the tile after the one at `i` (this class's, then the next class's).
+    let ahead = |i: usize| -> ([&[f32]; TILE_ROWS], usize) {
+        let mut out: [&[f32]; TILE_ROWS] = [&[]; TILE_ROWS];
+        let upcoming = class_rows
+            .iter()
+            .skip(i)
+            .chain(after.iter())
+            .take(TILE_ROWS);
+        let mut n = 0;
+        for (slot, &r) in out.iter_mut().zip(upcoming) {
+            *slot = row(r);
+            n += 1;
         }
-        let tile: [&[f32]; TILE_ROWS] = std::array::from_fn(|i| row(rest[i]));
-        add_tile::<TILE_ROWS, SUMS, POS, MAX>(tile, cells);
-        rest = &rest[TILE_ROWS..];
+        (out, n)
+    };
+    let mut i = 0;
+    while class_rows.len() - i >= TILE_ROWS {
+        let tile: [&[f32]; TILE_ROWS] = std::array::from_fn(|j| row(class_rows[i + j]));
+        let (next, n) = ahead(i + TILE_ROWS);
+        add_tile::<TILE_ROWS, SUMS, POS, MAX>(tile, &next[..n], cells);
+        i += TILE_ROWS;
     }
+    let (next, n) = ahead(class_rows.len());
+    let next = &next[..n];
+    let mut rest = &class_rows[i..];
     if rest.len() >= 4 {
-        add_tile::<4, SUMS, POS, MAX>(std::array::from_fn(|i| row(rest[i])), cells);
+        add_tile::<4, SUMS, POS, MAX>(std::array::from_fn(|j| row(rest[j])), next, cells);
         rest = &rest[4..];
     }
     if rest.len() >= 2 {
-        add_tile::<2, SUMS, POS, MAX>(std::array::from_fn(|i| row(rest[i])), cells);
+        add_tile::<2, SUMS, POS, MAX>(std::array::from_fn(|j| row(rest[j])), next, cells);
         rest = &rest[2..];
     }
     if let Some(&r) = rest.first() {
-        add_tile::<1, SUMS, POS, MAX>([row(r)], cells);
+        add_tile::<1, SUMS, POS, MAX>([row(r)], next, cells);
     }
 }
 
@@ -285,6 +376,7 @@ fn by_class_tiles(
     }
     for g in 0..groups {
         let class_rows = &order[starts[g]..next[g]];
+        let after = &order[next[g]..];
         let cells_of = |v: &Vec<f64>| {
             if v.is_empty() {
                 0..0
@@ -301,20 +393,20 @@ fn by_class_tiles(
             check: &mut p.check,
         };
         match (sums_on, pos_on, max_on) {
-            (false, _, _) => {
-                add_class_rows::<false, false, true>(acts, n_units, u0, class_rows, &mut cells)
-            }
-            (true, false, false) => {
-                add_class_rows::<true, false, false>(acts, n_units, u0, class_rows, &mut cells)
-            }
-            (true, false, true) => {
-                add_class_rows::<true, false, true>(acts, n_units, u0, class_rows, &mut cells)
-            }
-            (true, true, false) => {
-                add_class_rows::<true, true, false>(acts, n_units, u0, class_rows, &mut cells)
-            }
+            (false, _, _) => add_class_rows::<false, false, true>(
+                acts, n_units, u0, class_rows, after, &mut cells,
+            ),
+            (true, false, false) => add_class_rows::<true, false, false>(
+                acts, n_units, u0, class_rows, after, &mut cells,
+            ),
+            (true, false, true) => add_class_rows::<true, false, true>(
+                acts, n_units, u0, class_rows, after, &mut cells,
+            ),
+            (true, true, false) => add_class_rows::<true, true, false>(
+                acts, n_units, u0, class_rows, after, &mut cells,
+            ),
             (true, true, true) => {
-                add_class_rows::<true, true, true>(acts, n_units, u0, class_rows, &mut cells)
+                add_class_rows::<true, true, true>(acts, n_units, u0, class_rows, after, &mut cells)
             }
         }
     }
