@@ -361,7 +361,7 @@ def test_untraceable_model_warns_once_per_call_at_the_callers_line() -> None:
     model = _centered(_Untraceable(), (6,))
     x, _ = _data((6,), n=30, classes=3)
     data = (x, x[:, 0].long().clamp(0, 2))
-    for run in (ablation_curves, unit_importance, noise_curves):
+    for run in (ablation_curves, ablation_curves_with_plan, unit_importance, noise_curves):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             run(model, data, "act", progress=False)  # type: ignore[operator]

@@ -257,7 +257,7 @@ def ablation_curves(
         One row per (ordering, level): ``ordering``, ``n_ablated``, ``fraction_ablated``
         (``n_ablated / N``), ``accuracy``, ``loss`` (mean cross-entropy), ``seed``.
     """
-    return _curves_and_plan(
+    return ablation_curves_with_plan(
         model,
         data,
         layers,
@@ -298,46 +298,6 @@ def ablation_curves_with_plan(
 ) -> tuple[pl.DataFrame, Plan]:
     """:func:`ablation_curves` and the :class:`~singledir.engine.plan.Plan` it followed (the
     path the run took, for reports: no second setup to ask for it)."""
-    return _curves_and_plan(
-        model,
-        data,
-        layers,
-        orderings=orderings,
-        levels=levels,
-        order=order,
-        scores=scores,
-        value=value,
-        directions=directions,
-        unit_dim=unit_dim,
-        seed=seed,
-        batch_size=batch_size,
-        device=device,
-        memory_budget_mb=memory_budget_mb,
-        progress=progress,
-        method=method,
-    )
-
-
-def _curves_and_plan(
-    model: nn.Module,
-    data: Any,
-    layers: str | Sequence[str] = "all",
-    *,
-    orderings: int = 10,
-    levels: int | str | Sequence[int] = "all",
-    order: str = "random",
-    scores: Any = None,
-    value: str = "zero",
-    directions: Directions = "units",
-    unit_dim: UnitDim = None,
-    seed: int = 0,
-    batch_size: int | None = None,
-    device: str | torch.device | None = None,
-    memory_budget_mb: float | None = None,
-    progress: bool = True,
-    method: str = "auto",
-) -> tuple[pl.DataFrame, Plan]:
-    # the body of both: each public function is one frame above it (warnings point past it)
     dev = resolve_device(device)
     _check_order(order, scores)
     with prepared(model, dev) as dtype, torch.no_grad():
@@ -353,7 +313,7 @@ def _curves_and_plan(
             directions=directions,
             seed=seed,
         )
-        warn_slow_path(engine, method, stacklevel=4)
+        warn_slow_path(engine, method)
         level_counts = ablation_levels(levels, engine.n_units)
         pooled = _pooled_scores(scores, engine.specs) if order != "random" else None
         orders = unit_orderings(

@@ -26,6 +26,8 @@ as a :class:`Plan` with a readable ``repr``.
 from __future__ import annotations
 
 import math
+import os
+import sys
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -147,12 +149,24 @@ def prepared(model: nn.Module, device: torch.device) -> Iterator[torch.dtype]:
         model.to(old_device)
 
 
-def warn_slow_path(engine: Setup, method: str, stacklevel: int = 3) -> None:
-    """One :class:`SlowPathWarning` at the caller's caller (the user's call of a public
-    function; ``stacklevel`` 4 from a function one frame below the public one) when the model
-    fell back to hooks without ``method="hooks"`` asked for."""
+def warn_slow_path(engine: Setup, method: str) -> None:
+    """One :class:`SlowPathWarning` at the user's line (the first frame outside singledir,
+    however many of its functions are in between) when the model fell back to hooks without
+    ``method="hooks"`` asked for."""
     if engine.runner.kind == "hooks" and method != "hooks":
-        warnings.warn(engine.runner_reason, SlowPathWarning, stacklevel=stacklevel)
+        warnings.warn(engine.runner_reason, SlowPathWarning, stacklevel=_user_stacklevel())
+
+
+def _user_stacklevel() -> int:
+    """``warnings.warn``'s stacklevel, counted from the function calling this one, of the
+    first frame whose code lies outside the singledir package."""
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+    frame = sys._getframe(2)  # the caller of the function that called this one
+    level = 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(package):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 def memory_budget_bytes(memory_budget_mb: float | None, device: torch.device) -> int:
